@@ -1,0 +1,293 @@
+"""``RefCutPredictor``: numpy in, masks out; the reference is encoded once and cached."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from refcut.model import RefCutModel
+from refcut.predictor.base import PredictionResult
+from refcut.predictor.transforms import (
+    Box,
+    ZoomInSettings,
+    crop_resize,
+    full_box,
+    paste_back,
+    points_to_network,
+    zoom_in_box,
+)
+from refcut.weights.native import DEFAULT_MODEL_DIR, load_pretrained, save_pretrained
+
+__all__ = ["RefCutPredictor", "PredictionResult", "as_rgb_uint8"]
+
+
+def as_rgb_uint8(image: np.ndarray, what: str = "image") -> np.ndarray:
+    """Validate an image and return it as ``H x W x 3`` uint8 RGB (grayscale expanded, alpha dropped)."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"{what} must be uint8 (0..255), got dtype {image.dtype}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    elif image.ndim == 3 and image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{what} must be HxW, HxWx3 or HxWx4, got shape {image.shape}")
+    if image.shape[0] < 2 or image.shape[1] < 2:
+        raise ValueError(f"{what} is too small: {image.shape[0]}x{image.shape[1]}")
+    return np.ascontiguousarray(image)
+
+
+def _as_mask(mask: np.ndarray | None, shape: tuple[int, int], what: str) -> np.ndarray | None:
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.shape != shape:
+        raise ValueError(f"{what} has shape {mask.shape}, expected {shape} (the image's height x width)")
+    if mask.dtype != bool and not np.issubdtype(mask.dtype, np.number):
+        raise ValueError(f"{what} must be bool or numeric, got dtype {mask.dtype}")
+    return mask.astype(bool)
+
+
+class RefCutPredictor:
+    """Click segmentation guided by an optional reference (image + positive/negative masks).
+
+    Inference follows SimpleClick: the first click (no previous mask) sees the whole
+    image resized to the model's square input; later clicks zoom into the box around
+    the previous prediction and the positive clicks (expanded 1.4x, at least 200 px a
+    side) and paste the result back; logits are averaged with a horizontally flipped
+    pass. Both are on by default (``zoom_in=False`` / ``flip=False`` to switch off).
+    ``precision="bf16"`` runs the network under bfloat16 autocast (faster on CPUs with
+    AVX-512 BF16).
+    """
+
+    def __init__(
+        self,
+        model: RefCutModel,
+        device: str | torch.device = "cpu",
+        zoom_in: bool | ZoomInSettings = True,
+        flip: bool = True,
+        threshold: float = 0.49,
+        precision: str = "fp32",
+        reference_cache_size: int = 8,
+    ) -> None:
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.zoom_in = zoom_in if isinstance(zoom_in, ZoomInSettings) else ZoomInSettings(enabled=bool(zoom_in))
+        self.flip = flip
+        self.threshold = threshold
+        self.precision = precision
+        self.reference_encodings = 0
+        """How many times the backbone ran on a reference image (cache misses)."""
+        self._feature_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._cache_size = reference_cache_size
+        self._prompt: torch.Tensor | None = None
+        self._positive_prototype: torch.Tensor | None = None
+        self._negative_prototype: torch.Tensor | None = None
+        self._image: torch.Tensor | None = None
+        self._image_features: torch.Tensor | None = None
+        self._box: Box | None = None
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu", **kwargs) -> "RefCutPredictor":
+        """Load a native model (directory with ``config.json`` + ``model.safetensors``).
+
+        With no path, loads the default model shipped inside the package.
+        """
+        if path is None:
+            if not (DEFAULT_MODEL_DIR / "model.safetensors").exists():
+                raise FileNotFoundError(
+                    "this refcut install ships no default model yet; pass a model directory, e.g. "
+                    "RefCutPredictor.from_pretrained('path/to/model_dir') (one written by save_pretrained, "
+                    "`refcut import-weights` or `refcut train`)"
+                )
+            path = DEFAULT_MODEL_DIR
+        model, _ = load_pretrained(path)
+        return cls(model, device=device, **kwargs)
+
+    def save_pretrained(self, directory: str | Path, **kwargs) -> Path:
+        """Write the model in the native format (see :func:`refcut.weights.native.save_pretrained`)."""
+        return save_pretrained(self.model, directory, **kwargs)
+
+    @property
+    def input_size(self) -> int:
+        """The network's square input side in pixels."""
+        return self.model.config.image_size
+
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(image).to(self.device).permute(2, 0, 1)[None].float() / 255.0
+
+    def _resize_input(self, image: torch.Tensor) -> torch.Tensor:
+        size = self.input_size
+        return F.interpolate(image, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+    # ---------------------------------------------------------------- reference
+    @torch.inference_mode()
+    def set_reference(
+        self, image: np.ndarray, positive_mask: np.ndarray | None, negative_mask: np.ndarray | None = None
+    ) -> None:
+        """Set the reference: ``image`` HxWx3 uint8 RGB; masks HxW bool (either may be None or empty).
+
+        The backbone features of the reference image are cached (keyed by the image's
+        content), so switching between references or changing only the masks does not
+        re-encode. An empty or absent mask gives a zero prompt for its polarity.
+        """
+        image = as_rgb_uint8(image, "reference image")
+        shape = image.shape[:2]
+        positive = _as_mask(positive_mask, shape, "positive_mask")
+        negative = _as_mask(negative_mask, shape, "negative_mask")
+        key = hashlib.sha1(image.tobytes()).hexdigest() + str(image.shape)
+        features = self._feature_cache.get(key)
+        if features is None:
+            with self._autocast():
+                features = self.model.encode_reference(self._resize_input(self._to_tensor(image))).float()
+            self.reference_encodings += 1
+            self._feature_cache[key] = features
+            while len(self._feature_cache) > self._cache_size:
+                self._feature_cache.popitem(last=False)
+        else:
+            self._feature_cache.move_to_end(key)
+        as_tensor = lambda m: None if m is None else torch.from_numpy(m).to(self.device)[None, None].float()  # noqa: E731
+        pos_t, neg_t = as_tensor(positive), as_tensor(negative)
+        self._prompt = self.model.reference_prompt(features, pos_t, neg_t)
+        from refcut.model.reference import masked_average_pool
+
+        self._positive_prototype = masked_average_pool(features, pos_t)[0] if positive is not None and positive.any() else None
+        self._negative_prototype = masked_average_pool(features, neg_t)[0] if negative is not None and negative.any() else None
+
+    def clear_reference(self) -> None:
+        """Predict without a reference (zero prompts)."""
+        self._prompt = None
+        self._positive_prototype = None
+        self._negative_prototype = None
+
+    @property
+    def has_reference(self) -> bool:
+        """Whether a reference prompt is set."""
+        return self._prompt is not None
+
+    # -------------------------------------------------------------------- image
+    def set_image(self, image: np.ndarray) -> None:
+        """Set the target image (HxWx3 uint8 RGB; grayscale/RGBA converted). Resets the zoom-in state."""
+        image = as_rgb_uint8(image)
+        self._image = self._to_tensor(image)
+        self._image_features = None
+        self._box = None
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """``(height, width)`` of the current image."""
+        if self._image is None:
+            raise RuntimeError("no image set: call set_image(image) first")
+        return tuple(self._image.shape[-2:])  # type: ignore[return-value]
+
+    def _validate_clicks(self, point_coords: np.ndarray, point_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        height, width = self.image_size
+        coords = np.asarray(point_coords, dtype=np.float64)
+        labels = np.asarray(point_labels)
+        if coords.ndim != 2 or coords.shape[1] != 2:
+            raise ValueError(f"point_coords must have shape (N, 2) as (x, y) pixels, got {coords.shape}")
+        if len(coords) == 0:
+            raise ValueError("point_coords is empty: give at least one click")
+        if labels.shape != (len(coords),):
+            raise ValueError(f"point_labels must have shape ({len(coords)},), got {labels.shape}")
+        if not np.all(np.isin(labels, (0, 1))):
+            raise ValueError(f"point_labels must be 1 (positive) or 0 (negative), got {np.unique(labels).tolist()}")
+        if not np.all(np.isfinite(coords)):
+            raise ValueError("point_coords contains NaN or infinite values")
+        outside = (coords[:, 0] < 0) | (coords[:, 0] > width - 1) | (coords[:, 1] < 0) | (coords[:, 1] > height - 1)
+        if outside.any():
+            bad = coords[np.argmax(outside)].tolist()
+            raise ValueError(f"click {bad} (x, y) lies outside the {width}x{height} image")
+        return coords, labels.astype(np.int64)
+
+    # ------------------------------------------------------------------ predict
+    @torch.inference_mode()
+    def predict(
+        self, point_coords: np.ndarray, point_labels: np.ndarray, prev_mask: np.ndarray | None = None
+    ) -> PredictionResult:
+        """Segment from all clicks so far.
+
+        ``point_coords`` (N, 2) pixel ``(x, y)`` in click order; ``point_labels`` (N,)
+        1 positive / 0 negative; ``prev_mask`` the previous step's HxW probability (or
+        bool mask), None at the first click.
+        """
+        height, width = self.image_size
+        coords, labels = self._validate_clicks(point_coords, point_labels)
+        prev = _as_prev(prev_mask, (height, width))
+        points_yx = coords[:, ::-1].copy()
+        if prev is None or not (prev > self.zoom_in.mask_threshold).any():
+            self._box = None
+        self._box = zoom_in_box(prev, points_yx[labels == 1], self._box, self.zoom_in)
+        box = self._box or full_box(height, width)
+
+        size = self.input_size
+        prev_t = torch.zeros(1, 1, height, width, device=self.device) if prev is None else torch.from_numpy(prev).to(self.device)[None, None]
+        net_image = crop_resize(self._image, box, size)
+        net_prev = crop_resize(prev_t, box, size)
+        net_points = points_to_network(points_yx, box, size)
+        points = torch.from_numpy(np.concatenate([net_points, labels[:, None]], axis=1)).float()[None].to(self.device)
+        if self.flip:
+            flipped = points.clone()
+            flipped[..., 1] = size - 1 - flipped[..., 1]
+            net_image = torch.cat([net_image, net_image.flip(-1)])
+            net_prev = torch.cat([net_prev, net_prev.flip(-1)])
+            points = torch.cat([points, flipped])
+        with self._autocast():
+            logits = self.model(net_image, net_prev, points, self._prompt).float()
+        if self.flip:
+            logits = 0.5 * (logits[:1] + logits[1:].flip(-1))
+        prob = paste_back(torch.sigmoid(logits[0, 0]), box, height, width).clamp(0, 1)
+        prob_np = prob.cpu().numpy().astype(np.float32)
+        return PredictionResult(mask=prob_np > self.threshold, prob=prob_np)
+
+    @torch.inference_mode()
+    def propose_point(self) -> tuple[int, int] | None:
+        """A first click ``(x, y)`` where the image best matches the reference's positive features.
+
+        Scores every patch by cosine similarity to the positive prototype (minus the
+        similarity to the negative prototype when one is set) and returns the centre of
+        the best patch in image pixels; None without a positive reference.
+        """
+        height, width = self.image_size
+        if self._positive_prototype is None:
+            return None
+        if self._image_features is None:
+            with self._autocast():
+                self._image_features = self.model.encode_reference(self._resize_input(self._image)).float()
+        feats = F.normalize(self._image_features[0], dim=0)
+        score = torch.einsum("dhw,d->hw", feats, F.normalize(self._positive_prototype[0], dim=0))
+        if self._negative_prototype is not None:
+            score = score - torch.einsum("dhw,d->hw", feats, F.normalize(self._negative_prototype[0], dim=0))
+        grid_h, grid_w = score.shape
+        row, col = divmod(int(torch.argmax(score)), grid_w)
+        x = int(min(width - 1, (col + 0.5) * width / grid_w))
+        y = int(min(height - 1, (row + 0.5) * height / grid_h))
+        return x, y
+
+
+def _as_prev(prev_mask: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | None:
+    if prev_mask is None:
+        return None
+    prev = np.asarray(prev_mask)
+    if prev.shape != shape:
+        raise ValueError(f"prev_mask has shape {prev.shape}, expected {shape} (the image's height x width)")
+    prev = prev.astype(np.float32)
+    if not np.all(np.isfinite(prev)) or prev.min() < 0 or prev.max() > 1:
+        raise ValueError("prev_mask must hold probabilities in [0, 1] (or be a bool mask)")
+    return prev
