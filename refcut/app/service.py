@@ -1,0 +1,192 @@
+"""The model session: one predictor driven from one worker thread, with image/reference caching.
+
+The predictor is not thread-safe, so every model call runs on a single worker thread behind a
+lock. The session keeps the current image set (``set_image`` only when the image changes) and the
+current reference (``set_reference`` again only when the label's reference changes; the predictor
+caches reference features itself). Large images are downscaled for the model (long side at most
+``max_side``) and masks are returned at the image's full size. Clicks and masks are always in
+full-size pixel coordinates of the EXIF-oriented image.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+from refcut.app.images import downscale_for_model, load_rgb, resize_mask, resize_prob
+from refcut.app.masks import decode_rle
+from refcut.app.project import Project
+from refcut.app.storage import ReferenceRow
+from refcut.predictor.base import InteractivePredictor
+
+T = TypeVar("T")
+DEFAULT_MAX_SIDE = 1600
+MAX_CLICKS = 100
+
+
+@dataclass
+class Prediction:
+    """A mask at the image's full size plus what the page shows about it."""
+
+    token: str
+    mask: np.ndarray
+    score: float
+    used_reference: bool
+    elapsed_ms: float
+
+
+@dataclass
+class Proposal:
+    """A proposed first click and its mask, or the reason there is none."""
+
+    point: tuple[int, int] | None
+    prediction: Prediction | None
+    reason: str | None = None
+
+
+class ModelSession:
+    """Serialises all predictor calls and keeps the image and reference state in sync with requests."""
+
+    def __init__(self, predictor: InteractivePredictor, project: Project, max_side: int = DEFAULT_MAX_SIDE,
+                 token_cache_size: int = 32):
+        self.predictor = predictor
+        self.project = project
+        self.max_side = max_side
+        self.threshold = float(getattr(predictor, "threshold", 0.5))
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refcut-model")
+        self._lock = threading.Lock()
+        self._image_key: tuple | None = None
+        self._image_shape: tuple[int, int] = (0, 0)
+        self._scale = 1.0
+        self._reference_key: tuple | None = ("unset",)
+        self._tokens: OrderedDict[str, tuple[int, np.ndarray]] = OrderedDict()
+        self._token_cache_size = token_cache_size
+
+    @property
+    def can_propose(self) -> bool:
+        return callable(getattr(self.predictor, "propose_point", None))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _run(self, work: Callable[[], T]) -> T:
+        def locked() -> T:
+            with self._lock:
+                return work()
+
+        return self._executor.submit(locked).result()
+
+    # -- state syncing (worker thread only) --------------------------------------------------
+    def _ensure_image(self, image_id: int) -> None:
+        image = self.project.storage.get_image(image_id)
+        path = self.project.image_path(image)
+        key = (image_id, path.stat().st_mtime_ns)
+        if key == self._image_key:
+            return
+        full = load_rgb(path)
+        small, scale = downscale_for_model(full, self.max_side)
+        self.predictor.set_image(small)
+        self._image_key, self._image_shape, self._scale = key, full.shape[:2], scale
+
+    def _ensure_reference(self, reference: ReferenceRow | None) -> None:
+        key = None if reference is None else ("ref", reference.id)
+        if key == self._reference_key:
+            return
+        if reference is None:
+            self.predictor.clear_reference()
+        else:
+            path = self.project.image_path(self.project.storage.get_image(reference.image_id))
+            full = load_rgb(path)
+            small, _ = downscale_for_model(full, self.max_side)
+            height, width = small.shape[:2]
+            positive = decode_rle(reference.positive_rle)
+            negative = decode_rle(reference.negative_rle) if reference.negative_rle else None
+            if positive.shape != full.shape[:2]:
+                raise ValueError(f"reference mask is {positive.shape}, its image is {full.shape[:2]}")
+            self.predictor.set_reference(small, resize_mask(positive, width, height),
+                                         None if negative is None else resize_mask(negative, width, height))
+        self._reference_key = key
+
+    def _reference_for(self, label_id: int | None, use_reference: bool) -> ReferenceRow | None:
+        if label_id is None or not use_reference:
+            return None
+        return self.project.storage.current_reference(label_id)
+
+    def _predict_locked(self, image_id: int, reference: ReferenceRow | None, clicks: list[tuple[float, float, bool]],
+                        prev_token: str | None) -> Prediction:
+        start = time.perf_counter()
+        self._ensure_image(image_id)
+        self._ensure_reference(reference)
+        height, width = self._image_shape
+        small_h, small_w = round(height * self._scale), round(width * self._scale)
+        coords = np.array([[min(x * self._scale, small_w - 1), min(y * self._scale, small_h - 1)] for x, y, _ in clicks],
+                          dtype=np.float64)
+        labels = np.array([1 if positive else 0 for *_, positive in clicks], dtype=np.int64)
+        prev = None
+        if prev_token is not None:
+            cached = self._tokens.get(prev_token)
+            if cached is not None and cached[0] == image_id:
+                prev = cached[1].astype(np.float32)
+        result = self.predictor.predict(coords, labels, prev)
+        prob_small = np.asarray(result.prob, dtype=np.float32)
+        prob_full = resize_prob(prob_small, width, height)
+        mask = prob_full > self.threshold if self._scale < 1.0 else np.asarray(result.mask, dtype=bool)
+        token = uuid.uuid4().hex
+        self._tokens[token] = (image_id, prob_small.astype(np.float16))
+        while len(self._tokens) > self._token_cache_size:
+            self._tokens.popitem(last=False)
+        score = float(prob_full[mask].mean()) if mask.any() else 0.0
+        return Prediction(token=token, mask=mask, score=score, used_reference=reference is not None,
+                          elapsed_ms=(time.perf_counter() - start) * 1000)
+
+    # -- public API (any thread) -------------------------------------------------------------
+    def predict(self, image_id: int, label_id: int | None, clicks: list[tuple[float, float, bool]],
+                prev_token: str | None = None, use_reference: bool = True) -> Prediction:
+        """Mask for ``clicks`` [(x, y, positive)] on an image, guided by the label's reference if it has one."""
+        image = self.project.storage.get_image(image_id)
+        _check_clicks(clicks, image.width, image.height)
+        reference = self._reference_for(label_id, use_reference)
+        return self._run(lambda: self._predict_locked(image_id, reference, clicks, prev_token))
+
+    def propose(self, image_id: int, label_id: int) -> Proposal:
+        """Place the first click where the image best matches the label's reference, and predict from it."""
+        reference = self.project.storage.current_reference(label_id)
+        if reference is None:
+            return Proposal(None, None, "this label has no reference yet: set one or accept a first instance")
+        if not self.can_propose:
+            return Proposal(None, None, "the loaded model cannot propose points (no propose_point method)")
+
+        def work() -> Proposal:
+            self._ensure_image(image_id)
+            self._ensure_reference(reference)
+            point = self.predictor.propose_point()  # type: ignore[attr-defined]
+            if point is None:
+                return Proposal(None, None, "the model found no match for the reference in this image")
+            height, width = self._image_shape
+            x = int(min(width - 1, max(0, round(point[0] / self._scale))))
+            y = int(min(height - 1, max(0, round(point[1] / self._scale))))
+            prediction = self._predict_locked(image_id, reference, [(x, y, True)], None)
+            return Proposal((x, y), prediction)
+
+        self.project.storage.get_image(image_id)
+        return self._run(work)
+
+
+def _check_clicks(clicks: list[tuple[float, float, bool]], width: int, height: int) -> None:
+    if not clicks:
+        raise ValueError("give at least one click")
+    if len(clicks) > MAX_CLICKS:
+        raise ValueError(f"at most {MAX_CLICKS} clicks per prediction")
+    if width <= 0 or height <= 0:
+        raise ValueError("this image could not be read, so it cannot be segmented")
+    for x, y, _ in clicks:
+        if not (np.isfinite(x) and np.isfinite(y)) or not (0 <= x <= width - 1 and 0 <= y <= height - 1):
+            raise ValueError(f"click ({x}, {y}) lies outside the {width}x{height} image")
