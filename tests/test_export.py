@@ -251,6 +251,22 @@ def test_polygon_formats_are_exact_at_zero_tolerance(dataset, tmp_path, fmt):
         assert (back.mask == _fill_holes(original.mask)).all()
 
 
+@pytest.mark.parametrize("fmt", POLYGON_FORMATS)
+def test_masks_touching_the_image_border_stay_inside_it(tmp_path, fmt):
+    full = np.ones((12, 16), bool)
+    corner = np.zeros((12, 16), bool)
+    corner[6:, 10:] = True
+    path = export_dataset(
+        [ExportImage("edge.png", 16, 12, [ExportInstance("hat", full), ExportInstance("hat", corner)])],
+        ["hat"], fmt, tmp_path / "out", polygon_tolerance=0,
+    )
+    back = READERS[fmt](path)[0].instances
+    assert (back[0].mask == full).all() and (back[1].mask == corner).all()
+    if fmt == "coco-polygons":
+        coords = np.concatenate([np.ravel(s) for a in json.loads(path.read_text())["annotations"] for s in a["segmentation"]])
+        assert coords.min() >= 0 and coords.max() <= 16
+
+
 def test_yolo_layout_rows_and_reading_without_sidecar(dataset, tmp_path):
     images, images_dir = dataset
     out = tmp_path / "out"
