@@ -1,0 +1,173 @@
+"""The click loop and the baselines: oracle NoC 1, empty NoC 20, GrabCut in between."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from refcut.clicker import Clicker
+from refcut.evaluation.baselines import (
+    EmptyPredictor,
+    GrabCutPredictor,
+    NoReferencePredictor,
+    OraclePredictor,
+    load_predictor,
+)
+from refcut.evaluation.metrics import summarize
+from refcut.evaluation.protocol import EpisodeData, evaluate_episode, iou
+from refcut.predictor.base import InteractivePredictor, PredictionResult
+
+
+def shapes_episode(seed: int, size: int = 120) -> EpisodeData:
+    """A two-part object on a noisy background: the target part and a neighbouring part of a similar colour."""
+    rng = np.random.default_rng(seed)
+    image = np.full((size, size + 20, 3), 90, np.float64)
+    colour = rng.integers(150, 230, 3).astype(np.float64)
+    split = 55 + seed % 10
+    image[25:95, 20:split] = colour  # target part
+    image[25:95, split:120] = colour + 12  # neighbouring part, slightly brighter
+    image += rng.normal(0, 10, image.shape)
+    image = image.clip(0, 255).astype(np.uint8)
+    gt = np.zeros(image.shape[:2], bool)
+    gt[25:95, 20:split] = True
+    return EpisodeData(episode_id=f"shape{seed}", kind="single", image=image, gt_mask=gt)
+
+
+class RecordingPredictor:
+    """Answers with a fixed probability map and records every call."""
+
+    def __init__(self, prob: np.ndarray) -> None:
+        self.prob = prob.astype(np.float32)
+        self.calls: list[tuple] = []
+
+    def set_reference(self, image, positive_mask, negative_mask=None):
+        self.calls.append(("set_reference", image, positive_mask, negative_mask))
+
+    def clear_reference(self):
+        self.calls.append(("clear_reference",))
+
+    def set_image(self, image):
+        self.calls.append(("set_image", image.shape))
+
+    def predict(self, point_coords, point_labels, prev_mask=None):
+        self.calls.append(("predict", point_coords.copy(), point_labels.copy(), prev_mask))
+        return PredictionResult(mask=self.prob > 0.49, prob=self.prob)
+
+
+def test_baselines_implement_the_protocol():
+    for predictor in (EmptyPredictor(), OraclePredictor(), GrabCutPredictor(), NoReferencePredictor(EmptyPredictor())):
+        assert isinstance(predictor, InteractivePredictor)
+
+
+def test_oracle_needs_one_click_and_empty_needs_all():
+    episodes = [shapes_episode(seed) for seed in range(4)]
+    oracle = [evaluate_episode(OraclePredictor(), ep, reference_mode="none").ious for ep in episodes]
+    empty = [evaluate_episode(EmptyPredictor(), ep, reference_mode="none").ious for ep in episodes]
+    assert all(len(ious) == 20 for ious in oracle + empty)  # full curves without a target IoU
+    oracle_summary, empty_summary = summarize(oracle), summarize(empty)
+    assert oracle_summary["NoC@80"] == oracle_summary["NoC@90"] == 1.0
+    assert empty_summary["NoC@80"] == empty_summary["NoC@90"] == 20.0
+    assert empty_summary["NoF@90"] == 4 and oracle_summary["NoF@90"] == 0
+
+
+def test_grabcut_lies_between_oracle_and_empty():
+    episodes = [shapes_episode(seed) for seed in range(4)]
+    curves = [evaluate_episode(GrabCutPredictor(), ep, reference_mode="none", max_clicks=8).ious for ep in episodes]
+    summary = summarize(curves, max_clicks=8)
+    # similar-coloured neighbouring parts: GrabCut needs several clicks, but gets there
+    assert 1.0 < summary["NoC@85"] < 8.0
+    assert summary["IoU&1"] < 0.9
+    assert summary["mIoU@k"][-1] > 0.85
+
+
+def test_grabcut_is_deterministic_and_handles_no_positive_click():
+    episode = shapes_episode(3)
+    first = evaluate_episode(GrabCutPredictor(), episode, reference_mode="none", max_clicks=3)
+    second = evaluate_episode(GrabCutPredictor(), episode, reference_mode="none", max_clicks=3)
+    assert first.ious == second.ious
+    predictor = GrabCutPredictor()
+    predictor.set_image(episode.image)
+    result = predictor.predict(np.array([[5, 5]]), np.array([0]))
+    assert not result.mask.any() and result.prob.shape == episode.gt_mask.shape
+
+
+def test_loop_passes_all_clicks_previous_probability_and_threshold():
+    episode = shapes_episode(1)
+    prob = np.full(episode.gt_mask.shape, 0.49, np.float32)  # 0.49 is NOT foreground (prob > 0.49)
+    prob[episode.gt_mask] = 0.495
+    predictor = RecordingPredictor(prob)
+    result = evaluate_episode(predictor, episode, max_clicks=3, reference_mode="none")
+    assert result.ious == [1.0, 1.0, 1.0]
+    predicts = [c for c in predictor.calls if c[0] == "predict"]
+    assert [len(c[1]) for c in predicts] == [1, 2, 3]  # every click so far
+    assert predicts[0][3] is None and np.array_equal(predicts[1][3], prob)  # previous probabilities
+    # the clicks are the clicker's: first positive at the target centre, then negatives at (0,0) ...
+    clicker = Clicker(episode.gt_mask)
+    expected_first = clicker.make_next_click(np.zeros_like(episode.gt_mask))
+    assert predicts[0][1].tolist() == [[expected_first.x, expected_first.y]] and predicts[0][2].tolist() == [1]
+    assert [c.is_positive for c in result.clicks] == [True, False, False]
+    assert result.seconds > 0 and result.seconds_per_click == pytest.approx(result.seconds / 3)
+
+
+def test_target_iou_stops_early():
+    episode = shapes_episode(0)
+    result = evaluate_episode(OraclePredictor(), episode, target_iou=0.9, reference_mode="none")
+    assert result.ious == [1.0]
+
+
+def test_reference_modes_pass_the_right_masks():
+    episode = shapes_episode(2)
+    ref_image = np.zeros((30, 40, 3), np.uint8)
+    positive = np.zeros((30, 40), bool)
+    positive[5:10, 5:10] = True
+    negative = np.zeros((30, 40), bool)
+    negative[20:25, 20:25] = True
+    episode.reference_image, episode.positive_mask, episode.negative_mask = ref_image, positive, negative
+    expected = {"positive": (True, False), "negative": (False, True), "both": (True, True)}
+    for mode, (has_pos, has_neg) in expected.items():
+        predictor = RecordingPredictor(episode.gt_mask.astype(np.float32))
+        evaluate_episode(predictor, episode, max_clicks=1, reference_mode=mode)
+        call = predictor.calls[0]
+        assert call[0] == "set_reference" and call[1] is ref_image
+        assert (call[2] is not None) == has_pos and (call[3] is not None) == has_neg
+        assert [c[0] for c in predictor.calls].count("set_reference") == 1  # once per episode
+    predictor = RecordingPredictor(episode.gt_mask.astype(np.float32))
+    evaluate_episode(predictor, episode, max_clicks=1, reference_mode="none")
+    assert predictor.calls[0] == ("clear_reference",)
+    # mode negative with an empty negative mask: nothing to give, the reference is cleared
+    episode.negative_mask = np.zeros_like(negative)
+    predictor = RecordingPredictor(episode.gt_mask.astype(np.float32))
+    evaluate_episode(predictor, episode, max_clicks=1, reference_mode="negative")
+    assert predictor.calls[0] == ("clear_reference",)
+    with pytest.raises(ValueError, match="reference mode"):
+        evaluate_episode(predictor, episode, reference_mode="sideways")
+
+
+def test_no_reference_wrapper_clears_instead():
+    inner = RecordingPredictor(np.zeros((4, 4), np.float32))
+    wrapped = NoReferencePredictor(inner)
+    wrapped.set_reference(np.zeros((4, 4, 3), np.uint8), np.ones((4, 4), bool))
+    assert inner.calls == [("clear_reference",)]
+
+
+def test_iou_excludes_ignored_pixels():
+    gt = np.zeros((4, 4), bool)
+    gt[:2] = True  # 8 pixels
+    pred = np.zeros_like(gt)
+    pred[:3] = True  # 12 pixels: 8 shared, 4 false positives on row 2
+    assert iou(pred, gt) == pytest.approx(8 / 12)
+    ignore = np.zeros_like(gt)
+    ignore[2] = True  # the false positives lie in the ignore band
+    assert iou(pred, gt, ignore) == 1.0
+    episode = EpisodeData("e", "object", np.zeros((4, 4, 3), np.uint8), gt, ignore_mask=ignore)
+    assert evaluate_episode(RecordingPredictor(pred.astype(np.float32)), episode, max_clicks=1,
+                            reference_mode="none").ious == [1.0]
+
+
+def test_load_predictor_specs(tmp_path):
+    assert isinstance(load_predictor("grabcut"), GrabCutPredictor)
+    assert isinstance(load_predictor("oracle"), OraclePredictor)
+    assert isinstance(load_predictor("empty"), EmptyPredictor)
+    with pytest.raises(FileNotFoundError, match="neither a baseline"):
+        load_predictor(str(tmp_path / "missing-model"))
