@@ -15,6 +15,7 @@ PartImageNet part PNGs (``images/<split>/*.JPEG`` + ``annotations/<split>/*.png`
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -73,15 +74,13 @@ def _find_annotation_file(folder: Path) -> Path:
 
 def _image_roots(folder: Path, annotation_file: Path) -> list[Path]:
     stem = annotation_file.stem
-    roots = [folder / "JPEGImages", folder / "images" / stem, folder / "images", folder / stem, folder]
-    parent = annotation_file.parent
-    if parent != folder:
-        roots += [parent.parent / "images" / stem, parent.parent / "images", parent.parent / stem]
-    seen: list[Path] = []
-    for root in roots:
-        if root.is_dir() and root not in seen:
-            seen.append(root)
-    return seen
+    bases = [folder, annotation_file.parent, annotation_file.parent.parent]
+    roots: list[Path] = []
+    for base in bases:
+        for root in (base / "JPEGImages", base / "images" / stem, base / "images", base / stem, base):
+            if root.is_dir() and root not in roots:
+                roots.append(root)
+    return roots
 
 
 def _resolve_image(roots: list[Path], file_name: str) -> Path | None:
@@ -107,7 +106,9 @@ def _decode_parts(parts: dict[str, list], height: int, width: int) -> dict[str, 
             else:
                 rles.append(seg)
         merged = mask_utils.merge(rles) if len(rles) > 1 else rles[0]
-        masks[part_name] = mask_utils.decode(merged).astype(bool)
+        with warnings.catch_warnings():  # pycocotools' numpy-2 "copy keyword" deprecation notice
+            warnings.simplefilter("ignore", DeprecationWarning)
+            masks[part_name] = mask_utils.decode(merged).astype(bool)
     return masks
 
 
