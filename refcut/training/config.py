@@ -1,0 +1,267 @@
+"""Training configuration: nested dataclasses, YAML round trip, ``key.sub=value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+BASE_RESIZES = ("square", "short", "none")
+
+
+@dataclass
+class DataConfig:
+    """Training data, pair sampling, click sampling and augmentation.
+
+    ``datasets`` are ``PATH`` or ``PATH:format`` strings; only their ``train`` split is used.
+    ``base_resize`` brings each target image to the input scale before the random resize:
+    ``square`` squashes it to ``image_size x image_size`` (what the predictor does at the first
+    click), ``short`` scales its shorter side to ``image_size``, ``none`` keeps raw pixels
+    (SimpleClick).
+    """
+
+    datasets: list[str] = field(default_factory=list)
+    only_one_mask_prob: float = 0.25
+    no_reference_prob: float = 0.1
+    num_workers: int = 2
+    max_initial_points: int = 24
+    points_gamma: float = 0.8
+    positive_erode_prob: float = 0.9
+    positive_erode_iters: int = 3
+    negative_border_prob: float = 0.5
+    border_ratio: float = 0.1
+    base_resize: str = "square"
+    scale_range: list[float] = field(default_factory=lambda: [0.75, 1.4])
+    flip_prob: float = 0.5
+    color_jitter_prob: float = 0.75
+    min_object_area: int = 16
+    max_augment_tries: int = 10
+
+    def __post_init__(self) -> None:
+        if self.base_resize not in BASE_RESIZES:
+            raise ValueError(f"data.base_resize must be one of {BASE_RESIZES}, got {self.base_resize!r}")
+        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ValueError(f"data.scale_range must be [low, high] with 0 < low <= high, got {self.scale_range}")
+        for name in ("only_one_mask_prob", "no_reference_prob", "positive_erode_prob", "negative_border_prob",
+                     "flip_prob", "color_jitter_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"data.{name} must be a probability, got {getattr(self, name)}")
+        if self.max_initial_points < 1:
+            raise ValueError("data.max_initial_points must be at least 1")
+
+
+@dataclass
+class OptimConfig:
+    """Adam + step decay (``MultiStepLR``), optional layer-wise lr decay and frozen early blocks.
+
+    ``decay_at`` are fractions of ``steps`` where the lr is multiplied by ``decay_gamma``
+    (SimpleClick: x0.1 at epoch 50 of 55, i.e. ~0.91). ``freeze_blocks = K`` freezes the
+    first K backbone blocks and, when K > 0, the patch and position embeddings.
+    ``layer_decay`` (e.g. 0.75) scales block ``i``'s lr by ``layer_decay ** (depth - i)``.
+    """
+
+    lr: float = 5e-5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    decay_at: list[float] = field(default_factory=lambda: [0.9])
+    decay_gamma: float = 0.1
+    layer_decay: float | None = None
+    freeze_blocks: int = 0
+    grad_clip: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be positive, got {self.lr}")
+        if any(not 0.0 < f <= 1.0 for f in self.decay_at):
+            raise ValueError(f"optim.decay_at must be fractions in (0, 1], got {self.decay_at}")
+        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"optim.layer_decay must be in (0, 1], got {self.layer_decay}")
+        if self.freeze_blocks < 0:
+            raise ValueError("optim.freeze_blocks must be >= 0")
+
+
+@dataclass
+class ModelSetup:
+    """Which network to train and where its weights start.
+
+    ``init``: ``scratch`` (random), ``dinov2`` (the DINOv2 ViT-S/14 import; preset
+    ``vit_small_dinov2``) or a path to a native model directory / ``.safetensors`` file or a
+    SimpleClick ``.pth`` checkpoint; with a path the architecture comes from the checkpoint
+    and ``preset`` is ignored. ``image_size`` (a multiple of the patch size) overrides the
+    preset's input size.
+    """
+
+    preset: str = "vit_small_dinov2"
+    image_size: int | None = None
+    init: str = "scratch"
+
+
+@dataclass
+class TrainConfig:
+    """One training run. ``batch_size`` is per process; the effective batch is ``batch_size x world size``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    model: ModelSetup = field(default_factory=ModelSetup)
+    steps: int = 1000
+    batch_size: int = 8
+    seed: int = 0
+    no_reference: bool = False
+    max_extra_clicks: int = 3
+    click_threshold: float = 0.49
+    loss_alpha: float = 0.5
+    loss_gamma: float = 2.0
+    precision: str = "auto"
+    device: str = "auto"
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    dump_every: int = 200
+    save_fp16: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_extra_clicks < 0:
+            raise ValueError("max_extra_clicks must be >= 0")
+
+    # -- serialisation -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML/JSON serialisable)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming them."""
+        return _build(cls, data or {}, prefix="")
+
+    def save_yaml(self, path: str | Path) -> Path:
+        """Write the config as YAML."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return path
+
+    @classmethod
+    def load_yaml(cls, path: str | Path) -> "TrainConfig":
+        """Read a YAML config written by :meth:`save_yaml` (or by hand; missing keys take defaults)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"training config not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path} is not valid YAML: {error}") from error
+        if data is not None and not isinstance(data, dict):
+            raise ValueError(f"{path} must hold a mapping of config fields")
+        try:
+            return cls.from_dict(data or {})
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from error
+
+    def with_overrides(self, overrides: list[str] | dict[str, Any]) -> "TrainConfig":
+        """A copy with ``["optim.lr=1e-4", "steps=2000"]`` (or ``{"optim.lr": 1e-4}``) applied."""
+        data = self.to_dict()
+        items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides)
+        for key, value in items:
+            parts = key.split(".")
+            node, hint_cls = data, TrainConfig
+            for part in parts[:-1]:
+                sub = node.get(part)
+                if not isinstance(sub, dict):
+                    raise ValueError(f"unknown config section {key!r}")
+                hint_cls = typing.get_type_hints(hint_cls)[part]
+                node = sub
+            leaf = parts[-1]
+            if leaf not in node:
+                raise ValueError(f"unknown config key {key!r}; known: {sorted(_flat_keys(self.to_dict()))}")
+            hint = typing.get_type_hints(hint_cls)[leaf]
+            node[leaf] = _coerce(value, hint, key)
+        return TrainConfig.from_dict(data)
+
+
+def _split_override(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ValueError(f"override {text!r} must look like key=value (e.g. optim.lr=1e-4)")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def _flat_keys(data: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            keys.extend(_flat_keys(value, f"{prefix}{key}."))
+        else:
+            keys.append(prefix + key)
+    return keys
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Convert an override value (usually a string) to the field's type."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if isinstance(value, str) and value.lower() in ("none", "null", "~", ""):
+            return None
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if isinstance(value, str) and hint is not str:
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            raise ValueError(f"cannot parse value for {key}: {error}") from error
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                lowered = value.lower()
+                if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return lowered in ("true", "1", "yes")
+            return bool(value)
+        if hint is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if hint is float:
+            return float(value)
+        if hint is str:
+            return str(value)
+        if origin is list:
+            (item,) = typing.get_args(hint)
+            if not isinstance(value, (list, tuple)):
+                value = [value]
+            return [_coerce(v, item, key) for v in value]
+    except (TypeError, ValueError):
+        raise ValueError(f"config key {key}: cannot use {value!r} as {getattr(hint, '__name__', hint)}") from None
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"config section {prefix.rstrip('.') or 'root'} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown config keys: {sorted(prefix + k for k in unknown)}")
+    values = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value or {}, prefix + name + ".")
+        else:
+            values[name] = _coerce(value, hint, prefix + name)
+    return cls(**values)

@@ -1,0 +1,82 @@
+"""Initial training clicks (SimpleClick's ``MultiPointSampler``, single object, no hierarchy).
+
+A geometric number of positive clicks is drawn uniformly inside the (usually eroded)
+ground truth and a geometric number of negatives outside it, half of them in a band around
+the object. Rows are ``(y, x, label)`` with label 1 positive, 0 negative, -1 padding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+PAD_ROW = (-1.0, -1.0, -1.0)
+
+
+def geometric_count(rng: np.random.Generator, count: int, gamma: float) -> int:
+    """A value in ``[0, count)`` with probability proportional to ``gamma ** k``."""
+    weights = gamma ** np.arange(count, dtype=np.float64)
+    return int(rng.choice(count, p=weights / weights.sum()))
+
+
+def _pick(rng: np.random.Generator, region: np.ndarray, count: int) -> np.ndarray:
+    """``count`` distinct pixels ``(y, x)`` drawn uniformly from a boolean region (fewer if it is small)."""
+    ys, xs = np.nonzero(region)
+    if count <= 0 or len(ys) == 0:
+        return np.zeros((0, 2), dtype=np.float32)
+    chosen = rng.choice(len(ys), size=min(count, len(ys)), replace=False)
+    return np.stack([ys[chosen], xs[chosen]], axis=1).astype(np.float32)
+
+
+def sample_initial_points(
+    gt_mask: np.ndarray,
+    rng: np.random.Generator,
+    max_points: int = 24,
+    gamma: float = 0.8,
+    erode_prob: float = 0.9,
+    erode_iters: int = 3,
+    border_prob: float = 0.5,
+    border_ratio: float = 0.1,
+) -> np.ndarray:
+    """Initial clicks for one target: a ``(2 * max_points) x 3`` float32 array, padding rows ``-1``.
+
+    Positives: ``1 + k`` (``k`` geometric over ``[0, max_points)``), uniform inside the GT,
+    eroded ``erode_iters`` times with a 3x3 kernel with probability ``erode_prob`` (only if
+    more than 10 px remain). Negatives: ``k`` geometric over ``[0, max_points]`` (zero is the
+    most likely), each either in a band of width ``ceil(border_ratio * sqrt(area))`` around
+    the GT (probability ``border_prob``) or anywhere outside it. An empty GT gets no positives.
+    """
+    gt = np.asarray(gt_mask).astype(bool)
+    if gt.ndim != 2:
+        raise ValueError(f"gt_mask must be HxW, got shape {gt.shape}")
+    points = np.tile(np.asarray(PAD_ROW, dtype=np.float32), (2 * max_points, 1))
+    num_positive = 1 + geometric_count(rng, max_points, gamma)
+    num_negative = geometric_count(rng, max_points + 1, gamma)
+
+    positive_region = gt
+    if erode_iters > 0 and rng.random() < erode_prob:
+        eroded = cv2.erode(gt.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=erode_iters).astype(bool)
+        if eroded.sum() > 10:
+            positive_region = eroded
+    positives = _pick(rng, positive_region, num_positive)
+
+    background = ~gt
+    area = int(gt.sum())
+    if area > 0:
+        width = max(1, math.ceil(border_ratio * math.sqrt(area)))
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
+        band = cv2.dilate(gt.astype(np.uint8), kernel).astype(bool) & background
+    else:
+        band = background
+    if not band.any():
+        band = background
+    num_border = int((rng.random(num_negative) < border_prob).sum())
+    negatives = np.concatenate([_pick(rng, band, num_border), _pick(rng, background, num_negative - num_border)])
+
+    points[: len(positives), :2] = positives
+    points[: len(positives), 2] = 1.0
+    points[max_points : max_points + len(negatives), :2] = negatives
+    points[max_points : max_points + len(negatives), 2] = 0.0
+    return points

@@ -1,0 +1,152 @@
+"""Trainer: steps run, files appear, resume is exact, optimizer groups cover everything."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from refcut.model import ModelConfig, build_model
+from refcut.training.trainer import (
+    TRAINER_STATE_NAME,
+    StepBatchSampler,
+    TrainingPairDataset,
+    build_param_groups,
+    check_optimizer_coverage,
+    freeze_parameters,
+    latest_checkpoint,
+    train,
+)
+from refcut.weights.native import load_pretrained
+from train_fixtures import FakePairSource, tiny_config
+
+
+def _params(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_train_writes_run_folder(tmp_path):
+    config = tiny_config()
+    final = train(config, tmp_path / "run", pair_source=FakePairSource(), progress=False)
+    run = tmp_path / "run"
+    assert (run / "config.yaml").is_file()
+    assert (final / "model.safetensors").is_file()
+    with open(run / "log.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+    assert all(np.isfinite(float(r["loss"])) and float(r["seconds"]) > 0 for r in rows)
+    assert sorted(p.name for p in (run / "dumps").glob("*.png")) == ["step_0000001.png", "step_0000002.png",
+                                                                     "step_0000004.png"]
+    assert latest_checkpoint(run).name == "step_0000004"
+    assert (latest_checkpoint(run) / TRAINER_STATE_NAME).is_file()
+    model, meta = load_pretrained(final)
+    assert meta["training"]["config"]["steps"] == 4
+    assert meta["training"]["steps"] == 4
+    env = (run / "environment.json").read_text()
+    for key in ("effective_batch_size", "torch", "git_revision", "seed", "lr", "device"):
+        assert key in env
+
+
+def test_training_changes_parameters(tmp_path):
+    config = tiny_config(steps=2)
+    torch.manual_seed(config.seed)
+    initial = build_model(ModelConfig.from_preset("tiny_test"))
+    final = train(config, tmp_path / "run", pair_source=FakePairSource(), progress=False)
+    trained, _ = load_pretrained(final)
+    changed = [k for k, v in trained.state_dict().items() if not torch.equal(v, initial.state_dict()[k])]
+    assert any(k.startswith("reference.") for k in changed)
+    assert any(k.startswith("patch_embed_coords.") for k in changed)
+
+
+def test_resume_is_exact(tmp_path):
+    straight = train(tiny_config(steps=4), tmp_path / "a", pair_source=FakePairSource(), progress=False)
+    stopped = train(tiny_config(steps=4), tmp_path / "b", pair_source=FakePairSource(), progress=False, stop_at=2)
+    assert stopped.name == "step_0000002" and not (tmp_path / "b" / "final").exists()
+    resumed = train(tiny_config(steps=4), tmp_path / "b", resume=True, pair_source=FakePairSource(), progress=False)
+    a, _ = load_pretrained(straight)
+    b, _ = load_pretrained(resumed)
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key]), key
+    with open(tmp_path / "b" / "log.csv", newline="") as handle:
+        assert [int(r["step"]) for r in csv.DictReader(handle)] == [1, 2, 3, 4]
+
+
+def test_resume_with_extended_schedule_uses_new_milestones(tmp_path):
+    train(tiny_config(steps=2), tmp_path / "run", pair_source=FakePairSource(), progress=False)  # decays at 2
+    train(tiny_config(steps=3, **{"optim.decay_at": "[1.0]"}), tmp_path / "run", resume=True,
+          pair_source=FakePairSource(), progress=False)
+    with open(tmp_path / "run" / "log.csv", newline="") as handle:
+        lrs = [float(r["lr"]) for r in csv.DictReader(handle)]
+    assert lrs == pytest.approx([1e-3, 1e-3, 1e-3])
+
+
+def test_resume_without_run_folder_fails(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        train(tiny_config(), tmp_path / "missing", resume=True, pair_source=FakePairSource(), progress=False)
+
+
+def test_no_reference_never_calls_reference_branch(tmp_path, monkeypatch):
+    from refcut.model.refcut import RefCutModel
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("reference branch called in no-reference mode")
+
+    monkeypatch.setattr(RefCutModel, "encode_reference", forbidden)
+    monkeypatch.setattr(RefCutModel, "reference_prompt", forbidden)
+    final = train(tiny_config(steps=2, no_reference=True), tmp_path / "run", pair_source=FakePairSource(),
+                  progress=False)
+    torch.manual_seed(0)
+    initial = build_model(ModelConfig.from_preset("tiny_test"))
+    trained, _ = load_pretrained(final)
+    for key, value in trained.state_dict().items():
+        if key.startswith("reference."):
+            assert torch.equal(value, initial.state_dict()[key])
+
+
+def test_every_trainable_parameter_is_in_a_group():
+    model = build_model(ModelConfig.from_preset("tiny_test"))
+    for overrides in ({}, {"optim.layer_decay": 0.75, "optim.weight_decay": 0.05}, {"optim.freeze_blocks": 1}):
+        config = tiny_config(**overrides)
+        freeze_parameters(model, config.optim.freeze_blocks, config.no_reference)
+        groups = build_param_groups(model, config)
+        names = {n for g in groups for n in g["names"]}
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        assert names == trainable
+        assert any(n.startswith("patch_embed_coords.") for n in names)
+        assert any(n.startswith("reference.positive_mlp.") for n in names)
+        assert any(n.startswith("reference.negative_mlp.") for n in names)
+    with pytest.raises(AssertionError, match="missing"):
+        check_optimizer_coverage(model, groups[1:])
+
+
+def test_freeze_and_layer_decay():
+    model = build_model(ModelConfig.from_preset("tiny_test"))
+    config = tiny_config(**{"optim.freeze_blocks": 1, "optim.layer_decay": 0.5})
+    freeze_parameters(model, 1, no_reference=False)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert any(n.startswith("backbone.blocks.0.") for n in frozen)
+    assert "backbone.pos_embed" in frozen and "backbone.patch_embed.proj.weight" in frozen
+    assert not any(n.startswith(("backbone.blocks.1.", "patch_embed_coords", "reference")) for n in frozen)
+    lr_of = {n: g["lr"] for g in build_param_groups(model, config) for n in g["names"]}
+    assert lr_of["backbone.blocks.1.attn.qkv.weight"] == pytest.approx(config.optim.lr * 0.5)
+    assert lr_of["head.conv_seg.weight" if "head.conv_seg.weight" in lr_of else "patch_embed_coords.proj.weight"] \
+        == pytest.approx(config.optim.lr)
+    with pytest.raises(ValueError):
+        freeze_parameters(model, 5, no_reference=False)
+
+
+def test_dataset_items_are_deterministic_per_index():
+    config = tiny_config()
+    dataset = TrainingPairDataset(FakePairSource(), config, 64)
+    a, b, c = dataset[7], dataset[7], dataset[8]
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["points"], b["points"])
+    assert not torch.equal(a["image"], c["image"])
+    assert a["image"].shape == (3, 64, 64) and a["gt"].shape == (1, 64, 64)
+    assert a["points"].shape == (2 * 4 + config.max_extra_clicks, 3)
+
+
+def test_step_batch_sampler_partitions_indices():
+    ranks = [list(StepBatchSampler(1, 3, 2, rank, 2)) for rank in range(2)]
+    assert ranks[0] == [[4, 5], [8, 9]] and ranks[1] == [[6, 7], [10, 11]]
