@@ -91,3 +91,145 @@ def test_dinov2_missing_onnx_file_is_a_clear_error(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="no ONNX file"):
         import_dinov2_onnx(tmp_path / "absent.onnx")
+
+
+# ----------------------------------------------------------------------------- SimpleClick (.pth)
+SIDE_EFFECTS: list[str] = []
+
+
+def _side_effect(marker: str) -> str:
+    """What unpickling the foreign object below would run: create a file, record a call."""
+    Path(marker).write_text("executed")
+    SIDE_EFFECTS.append(marker)
+    return marker
+
+
+class ForeignConfigObject:
+    """Stands in for the pickled ``isegm`` objects of a real checkpoint's config."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (_side_effect, (self.marker,))
+
+
+def _simpleclick_tiny_config() -> ModelConfig:
+    # SimpleClick's rules at a tiny width: patch 16 -> 14-token windows, groups of 6 blocks for depth 12
+    return ModelConfig(
+        name="simpleclick_tiny", image_size=448, patch_size=16, embed_dim=32, depth=12, num_heads=2,
+        window_size=14, global_attention_every=6, pos_embed_grid=28, neck_dims=(8, 16, 16, 16), head_channels=8,
+    )  # fmt: skip
+
+
+def _write_simpleclick_checkpoint(path: Path, marker: Path) -> tuple[torch.nn.Module, dict]:
+    torch.manual_seed(0)
+    source = build_model(_simpleclick_tiny_config()).eval()
+    state = {k: v.clone() for k, v in source.state_dict().items() if not k.startswith("reference.")}
+    d, c = 32, 8
+    unused = {
+        "backbone.cls_token": torch.randn(1, 1, d),
+        "backbone.fc_norm.weight": torch.ones(d),
+        "backbone.fc_norm.bias": torch.zeros(d),
+        "backbone.head.weight": torch.randn(1000, d),
+        "backbone.head.bias": torch.zeros(1000),
+    }
+    for up in ("head.up_conv1", "head.up_conv2"):
+        unused.update({
+            f"{up}.0.weight": torch.randn(c, c, 2, 2), f"{up}.0.bias": torch.zeros(c),
+            f"{up}.1.weight": torch.ones(c), f"{up}.1.bias": torch.zeros(c),
+            f"{up}.2.weight": torch.randn(c, c, 1, 1), f"{up}.2.bias": torch.zeros(c),
+            f"{up}.3.weight": torch.ones(c), f"{up}.3.bias": torch.zeros(c),
+        })  # fmt: skip
+    state.update(unused)
+    config = {
+        "class": "isegm.model.is_plainvit_model.PlainVitModel",
+        "params": {
+            "backbone_params": {"type": "builtin", "specified": True, "value": {
+                "img_size": (448, 448), "patch_size": (16, 16), "embed_dim": d, "depth": 12, "num_heads": 2}},
+            "head_params": {"type": "builtin", "specified": True, "value": {
+                "loss_decode": torch.nn.CrossEntropyLoss(), "hook": ForeignConfigObject(str(marker))}},
+            "norm_radius": {"type": "builtin", "specified": True, "value": 5},
+        },
+    }  # fmt: skip
+    torch.save({"state_dict": state, "config": config}, path)
+    return source, unused
+
+
+def _forward(model, seed=1, prompt=None):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(1, 3, 448, 448, generator=g)
+    prev = torch.zeros(1, 1, 448, 448)
+    points = torch.tensor([[[100.0, 200.0, 1.0], [300.0, 50.0, 0.0]]])
+    with torch.no_grad():
+        return model(image, prev, points, prompt)
+
+
+def test_simpleclick_import_loads_tensors_without_running_pickled_objects(tmp_path):
+    from refcut.weights.simpleclick import import_simpleclick
+
+    path, marker = tmp_path / "cocolvis_vit_tiny.pth", tmp_path / "side_effect_ran"
+    source, unused = _write_simpleclick_checkpoint(path, marker)
+    SIDE_EFFECTS.clear()
+
+    model, report = import_simpleclick(path)
+
+    assert not marker.exists() and SIDE_EFFECTS == []
+    assert any("ForeignConfigObject" in n or "_side_effect" in n for n in report.notes[0].split(", "))
+    assert "torch.nn.modules.loss.CrossEntropyLoss" in report.notes[0]
+    assert model.config.window_size == 14 and model.config.global_blocks == (5, 11)
+    assert model.config.num_heads == 2 and model.config.neck_dims == (8, 16, 16, 16)
+    assert sorted(report.ignored) == sorted(unused)
+    assert report.unexpected == []
+    assert report.missing and all(k.startswith("reference.") for k in report.missing)
+    imported = model.state_dict()
+    for key, value in source.state_dict().items():
+        if not key.startswith("reference."):
+            assert torch.equal(imported[key], value), key
+    for mlp in (model.reference.positive_mlp, model.reference.negative_mlp):
+        assert not mlp.fc2.weight.any() and not mlp.fc2.bias.any()
+    # behaves as the source network, also with a reference prompt (zero-initialised MLPs)
+    expected = _forward(source)
+    assert torch.allclose(_forward(model), expected, atol=1e-5)
+    features = torch.randn(1, 32, 28, 28)
+    prompt = model.reference_prompt(features, torch.ones(1, 1, 28, 28), torch.ones(1, 1, 28, 28))
+    assert torch.allclose(_forward(model, prompt=prompt), expected, atol=1e-5)
+
+    # the checkpoint really carries the payload: an ordinary unpickler runs it
+    torch.load(path, weights_only=False)
+    assert marker.exists()
+
+
+def test_simpleclick_import_strictness(tmp_path):
+    from refcut.weights.simpleclick import import_simpleclick
+
+    path = tmp_path / "ckpt.pth"
+    source, _ = _write_simpleclick_checkpoint(path, tmp_path / "m")
+    state = {k: v for k, v in source.state_dict().items() if not k.startswith("reference.")}
+
+    extra = dict(state, **{"backbone.gra_embed.weight": torch.zeros(10, 32)})
+    torch.save({"state_dict": extra, "config": None}, path)
+    with pytest.raises(ValueError, match="gra_embed"):
+        import_simpleclick(path)
+    _, report = import_simpleclick(path, strict=False)
+    assert report.unexpected == ["backbone.gra_embed.weight"]
+
+    missing = {k: v for k, v in state.items() if k != "neck.down_16.1.weight"}
+    torch.save({"state_dict": missing, "config": None}, path)
+    with pytest.raises(ValueError, match="neck.down_16.1.weight"):
+        import_simpleclick(path)
+
+    torch.save({"model": state}, path)
+    with pytest.raises(ValueError, match="not a SimpleClick checkpoint"):
+        import_simpleclick(path)
+
+
+def test_tensor_reader_rejects_non_checkpoints(tmp_path):
+    from refcut.weights.checkpoint import read_torch_checkpoint
+
+    with pytest.raises(FileNotFoundError):
+        read_torch_checkpoint(tmp_path / "absent.pth")
+    bogus = tmp_path / "bogus.pth"
+    bogus.write_bytes(b"\x80\x02}q\x00.")
+    with pytest.raises(ValueError, match="not a PyTorch zip checkpoint"):
+        read_torch_checkpoint(bogus)
