@@ -1,0 +1,164 @@
+"""End-to-end: `refcut annotate` (demo project, tiny random model) driven by a real headless Chromium.
+
+Needs Debian's ``chromium`` at /usr/bin/chromium and the ``playwright`` Python package (no browser
+download: Playwright drives the system Chromium).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chromium at /usr/bin/chromium (apt-get install chromium chromium-driver)"),
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    """`refcut annotate --demo-dir ... --model <tiny random model>` in a subprocess; yields (url, demo_dir)."""
+    import torch
+
+    from refcut import RefCutPredictor
+    from refcut.model import ModelConfig, build_model
+
+    root = tmp_path_factory.mktemp("e2e")
+    torch.manual_seed(0)
+    RefCutPredictor(build_model(ModelConfig.from_preset("tiny_test"))).save_pretrained(root / "model")
+    demo_dir = root / "demo"
+    command = [sys.executable, "-m", "refcut.cli.main", "annotate", "--demo-dir", str(demo_dir),
+               "--model", str(root / "model"), "--port", "0"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    url, lines, deadline = None, [], time.monotonic() + 120
+    while url is None and time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        match = re.search(r"Open (http://127\.0\.0\.1:\d+/)", line)
+        url = match.group(1) if match else None
+    if url is None:
+        process.kill()
+        pytest.fail("refcut annotate did not start:\n" + "".join(lines))
+    yield url, demo_dir
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright Python package")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def _canvas_pixels(page, x: float, y: float) -> list[int]:
+    """RGBA of a 9x9 patch of the main canvas around CSS position (x, y) inside it."""
+    return page.evaluate(
+        """([x, y]) => { const c = document.querySelector('#canvas'); const r = c.getBoundingClientRect();
+             const k = c.width / r.width; const ctx = c.getContext('2d');
+             return Array.from(ctx.getImageData(Math.round(x * k) - 4, Math.round(y * k) - 4, 9, 9).data); }""",
+        [x, y])
+
+
+def test_click_accept_reload_export(server, browser) -> None:
+    url, demo_dir = server
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    outside_requests: list[str] = []
+    page.on("request", lambda request: outside_requests.append(request.url)
+            if not request.url.startswith(("http://127.0.0.1", "data:", "blob:")) else None)
+    page.goto(url)
+    page.wait_for_selector("body[data-image-loaded='1']", timeout=30_000)
+    assert page.locator("#progress").get_attribute("data-total") == "6"
+    assert "hair" in page.locator("#label-list").inner_text()
+
+    canvas = page.locator("#canvas")
+    box = canvas.bounding_box()
+    point = {"x": box["width"] * 0.5, "y": box["height"] * 0.25}
+    before = _canvas_pixels(page, point["x"], point["y"])
+    canvas.click(position=point)
+    page.wait_for_function("document.querySelector('#canvas').dataset.maskArea !== '0'", timeout=30_000)
+    page.wait_for_selector("body[data-busy='0']")
+    after = _canvas_pixels(page, point["x"], point["y"])
+    assert np.abs(np.array(after) - np.array(before)).sum() > 0, "the overlay did not change the canvas"
+    area_one_click = int(canvas.get_attribute("data-mask-area"))
+
+    canvas.click(position={"x": box["width"] * 0.5, "y": box["height"] * 0.8}, button="right")
+    page.wait_for_function("document.querySelector('#canvas').dataset.clicks === '2' && document.body.dataset.busy === '0'"
+                           " && document.querySelector('#canvas').dataset.maskArea !== ''", timeout=30_000)
+    page.keyboard.press("Control+z")
+    page.wait_for_function("document.querySelector('#canvas').dataset.clicks === '1'")
+    assert int(canvas.get_attribute("data-mask-area")) == area_one_click  # undo restores the one-click mask
+
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.body.dataset.lastSaved", timeout=30_000)
+    assert canvas.get_attribute("data-instances") == "1"
+    assert page.locator("#progress").get_attribute("data-done") == "1"
+    saved_id = page.evaluate("document.body.dataset.lastSaved")
+
+    page.keyboard.press("?")
+    assert page.locator("#help").is_visible()
+    page.keyboard.press("Escape")
+    assert not page.locator("#help").is_visible()
+
+    page.reload()
+    page.wait_for_selector("body[data-image-loaded='1']", timeout=30_000)
+    assert canvas.get_attribute("data-instances") == "1"
+    assert page.locator(f"#instance-list li[data-annotation-id='{saved_id}']").count() == 1
+
+    page.select_option("#export-format", "coco")
+    page.click("#btn-export")
+    page.wait_for_function("document.body.dataset.lastExport", timeout=60_000)
+    coco = COCO(page.evaluate("document.body.dataset.lastExport"))
+    annotations = coco.loadAnns(coco.getAnnIds())
+    assert len(annotations) == 1
+    assert coco.annToMask(annotations[0]).sum() == area_one_click
+    assert coco.loadImgs(annotations[0]["image_id"])[0]["file_name"] == "ccp_0001.jpg"
+    assert errors == [] and outside_requests == []
+    page.close()
+
+
+def test_reference_editor_brush_saves_a_reference(server, browser) -> None:
+    url, _ = server
+    page = browser.new_page(viewport={"width": 1280, "height": 800})
+    page.goto(url)
+    page.wait_for_selector("body[data-image-loaded='1']", timeout=30_000)
+    page.locator("#label-list li", has_text="shoes").click()
+    page.click("#btn-edit-ref")
+    page.wait_for_function("document.querySelector('#ed-canvas').dataset.posArea === '0'", timeout=30_000)
+    page.check("input[name='ed-tool'][value='brush']")
+    editor = page.locator("#ed-canvas")
+    box = editor.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.85
+    page.mouse.move(cx - 20, cy)
+    page.mouse.down()
+    page.mouse.move(cx + 20, cy, steps=5)
+    page.mouse.up()
+    assert int(editor.get_attribute("data-pos-area")) > 0
+    page.click("#ed-save")
+    page.wait_for_selector("#ref-editor", state="hidden")
+    page.wait_for_selector("#label-list li.active .ref-thumb", timeout=10_000)
+    assert page.locator("#ref-preview").is_visible()
+    page.close()
