@@ -45,6 +45,11 @@ def close_pairs(masks: dict[str, np.ndarray], px: int) -> set[tuple[str, str]]:
     """Pairs whose chessboard distance is <= px (distance transform of each part's complement)."""
     pairs = set()
     names = sorted(n for n in masks if masks[n].any())
+    if not names:
+        return pairs
+    union = np.logical_or.reduce([masks[n] for n in names])
+    ys, xs = np.nonzero(union)  # the chessboard distance inside the object's box equals the true one
+    masks = {n: masks[n][ys.min():ys.max() + 1, xs.min():xs.max() + 1] for n in names}
     for a in names:
         dist = cv2.distanceTransform((~masks[a]).astype(np.uint8), cv2.DIST_C, 3)
         for b in names:
