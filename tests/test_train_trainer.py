@@ -150,3 +150,49 @@ def test_dataset_items_are_deterministic_per_index():
 def test_step_batch_sampler_partitions_indices():
     ranks = [list(StepBatchSampler(1, 3, 2, rank, 2)) for rank in range(2)]
     assert ranks[0] == [[4, 5], [8, 9]] and ranks[1] == [[6, 7], [10, 11]]
+
+
+def test_step_computes_prompts_once_and_simulates_clicks_in_eval_mode():
+    from refcut.training.trainer import training_step
+
+    config = tiny_config(max_extra_clicks=3)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_preset("tiny_test"))
+    dataset = TrainingPairDataset(FakePairSource(reference_prob=1.0), config, 64)
+    batch = torch.utils.data.default_collate([dataset[i] for i in range(2)])
+    calls = {"encode": 0, "modes": [], "grad": []}
+    original_encode, original_forward = model.encode_reference, model.forward
+
+    def encode(image):
+        calls["encode"] += 1
+        return original_encode(image)
+
+    def forward(image, prev, points, prompt=None):
+        calls["modes"].append(model.training)
+        calls["grad"].append(torch.is_grad_enabled() and prompt is not None and prompt.requires_grad)
+        return original_forward(image, prev, points, prompt)
+
+    model.encode_reference, model.forward = encode, forward
+    import contextlib
+
+    rng = np.random.default_rng(5)
+    for _ in range(6):
+        calls["modes"], calls["grad"] = [], []
+        out = training_step(model, model, batch, config, rng, contextlib.nullcontext)
+        assert calls["modes"] == [False] * out.num_extra_clicks + [True]
+        assert calls["grad"] == [False] * out.num_extra_clicks + [True]
+        added = (out.points[:, 2 * 4 :, 2] >= 0).sum().item()
+        assert added <= 2 * out.num_extra_clicks
+        if out.num_extra_clicks:
+            assert added >= 1
+    assert calls["encode"] == 6
+    out.loss.backward()
+    assert model.reference.positive_mlp.fc2.weight.grad is not None
+
+
+def test_bf16_autocast_on_cpu(tmp_path):
+    final = train(tiny_config(steps=1, precision="bf16"), tmp_path / "run", pair_source=FakePairSource(),
+                  progress=False)
+    with open(tmp_path / "run" / "log.csv", newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert np.isfinite(float(row["loss"])) and (final / "model.safetensors").is_file()

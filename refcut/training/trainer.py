@@ -187,25 +187,16 @@ def build_initial_model(config: TrainConfig) -> RefCutModel:
     if not path.exists():
         raise FileNotFoundError(f"model.init: no checkpoint at {path} (use scratch, dinov2 or a path)")
     if path.suffix in (".pth", ".pt", ".ckpt"):
-        loaded = _load_simpleclick(path)
-    else:
-        loaded, _ = load_pretrained(path)
+        from refcut.weights.simpleclick import import_simpleclick
+
+        model, _ = import_simpleclick(path, image_size=setup.image_size)
+        return model
+    loaded, _ = load_pretrained(path)
     if overrides and loaded.config.image_size != setup.image_size:
         model = build_model(replace(loaded.config, **overrides))
         model.load_state_dict(loaded.state_dict())
         return model
     return loaded
-
-
-def _load_simpleclick(path: Path) -> RefCutModel:
-    from refcut.weights import simpleclick
-
-    for name in ("load_simpleclick", "import_simpleclick", "load_checkpoint"):
-        loader = getattr(simpleclick, name, None)
-        if loader is not None:
-            result = loader(path)
-            return result[0] if isinstance(result, tuple) else result
-    raise ValueError(f"refcut.weights.simpleclick offers no loader for {path}")
 
 
 def freeze_parameters(model: RefCutModel, freeze_blocks: int, no_reference: bool) -> None:
