@@ -332,3 +332,25 @@ def test_page_and_static_files_are_served(app: App) -> None:
     assert "http://" not in script.text and "https://" not in script.text
     assert app.client.get("/static/app.css").status_code == 200
     assert json.loads(app.client.get("/api/openapi.json").text)["info"]["title"] == "RefCut annotate"
+
+
+def test_real_refcut_predictor_through_the_api(tmp_path: Path) -> None:
+    """The session drives the actual RefCutPredictor (tiny random weights): clicks, prev mask, reference, propose."""
+    import torch
+
+    from refcut import RefCutPredictor
+    from refcut.model import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    RefCutPredictor(build_model(ModelConfig.from_preset("tiny_test"))).save_pretrained(tmp_path / "model")
+    app = App(tmp_path, predictor=RefCutPredictor.from_pretrained(tmp_path / "model"), max_side=40)
+    label_id = app.label()
+    first = app.predict(1, label_id, [{"x": 30, "y": 20}])
+    second = app.predict(1, label_id, [{"x": 30, "y": 20}, {"x": 5, "y": 5, "positive": False}], prev_token=first["token"])
+    assert decode_rle(second["mask"]).shape == (HEIGHT, WIDTH) and not first["used_reference"]
+    app.client.put(f"/api/labels/{label_id}/reference", json={"image_id": 1, "positive": {"rle": encode_rle(_box_mask())}})
+    guided = app.predict(2, label_id, [{"x": 30, "y": 20}])
+    assert guided["used_reference"]
+    proposal = app.client.post("/api/propose", json={"image_id": 2, "label_id": label_id}).json()
+    assert proposal["point"] is not None and 0 <= proposal["point"]["x"] < WIDTH and 0 <= proposal["point"]["y"] < HEIGHT
+    assert decode_rle(proposal["prediction"]["mask"]).shape == (HEIGHT, WIDTH)

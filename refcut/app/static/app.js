@@ -216,10 +216,11 @@
     clicks: [], steps: [], instances: [], selected: null, busy: 0, review: null, loadSeq: 0,
     predicting: false, predictAgain: false,
   };
-  window.refcutState = S;
+  window.refcutState = S;  // for debugging and tests
 
   const canvas = $("canvas");
   const viewer = new Viewer(canvas, drawMain);
+  window.refcutViewer = viewer;
 
   function label(id) { return S.labels.find((l) => l.id === id) || null; }
   function labelColour(id) { const l = label(id); return l ? l.colour : "#ffffff"; }
@@ -769,6 +770,7 @@
   };
   const edCanvas = $("ed-canvas");
   const edViewer = new Viewer(edCanvas, drawEditor);
+  window.refcutEditorViewer = edViewer;
   const LAYER_COLOUR = { pos: "#28dc3c", neg: "#eb2828" };
 
   function drawEditor(ctx, v) {
@@ -822,7 +824,9 @@
     });
     let reference = null;
     try { reference = (await api("GET", `/api/labels/${l.id}/reference`)).reference; } catch (_) { /* none */ }
-    const imageId = S.imageId !== null && !(S.images[S.index] || {}).error ? S.imageId : (reference ? reference.image_id : null);
+    // Start on the current reference (to refine it); the image menu picks another one.
+    const current = S.imageId !== null && !(S.images[S.index] || {}).error ? S.imageId : null;
+    const imageId = reference ? reference.image_id : current;
     $("ref-editor").hidden = false;
     edViewer.resize();
     await editorLoadImage(imageId ?? Number(select.value), reference);
