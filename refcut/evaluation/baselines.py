@@ -90,8 +90,12 @@ class GrabCutPredictor(_ReferenceIgnoringPredictor):
     - Initial mask, everything else: probable background, except the probable-foreground
       region, which is the previous prediction when there is one, plus a disk of radius
       ``region_radius`` (15% of the longer side) around every positive click that the
-      previous prediction does not already cover (on the first click: just that disk), minus a
-      disk of the same radius around every negative click.
+      previous prediction does not already cover (on the first click: just that disk), minus, for
+      every negative click, the pixels within ``region_radius`` of it that are closer to it
+      than to any positive click.
+    - GrabCut runs only inside the box around the probable foreground and positive seeds,
+      grown by half its size on each side (at least ``region_radius``); outside is
+      background. This keeps the colour models local and the cost low.
     - ``iterations`` GrabCut iterations from that mask (``GC_INIT_WITH_MASK``); the RNG is
       re-seeded before each call so results do not depend on the order of episodes.
     - Only the connected components of the foreground that contain a positive click are
@@ -99,7 +103,7 @@ class GrabCutPredictor(_ReferenceIgnoringPredictor):
     - No positive click yet → empty prediction.
     """
 
-    def __init__(self, max_side: int = 400, iterations: int = 3, seed_fraction: float = 0.01,
+    def __init__(self, max_side: int = 256, iterations: int = 2, seed_fraction: float = 0.01,
                  region_fraction: float = 0.15) -> None:
         super().__init__()
         self.max_side = max_side
@@ -144,9 +148,16 @@ class GrabCutPredictor(_ReferenceIgnoringPredictor):
         for (x, y), label in zip(small_xy, labels):
             if label == 1 and not probable_fg[y, x]:
                 cv2.circle(probable_fg, (int(x), int(y)), region_radius, 1, thickness=-1)
-        for (x, y), label in zip(small_xy, labels):
-            if label != 1:
-                cv2.circle(probable_fg, (int(x), int(y)), region_radius, 0, thickness=-1)
+        if np.any(labels != 1):
+            # A negative click removes the pixels near it (within region_radius) that are closer
+            # to it than to every positive click.
+            grid_y, grid_x = np.mgrid[0:small_h, 0:small_w]
+            positives = small_xy[labels == 1]
+            to_positive = np.min([np.hypot(grid_x - px, grid_y - py) for px, py in positives], axis=0)
+            for (x, y), label in zip(small_xy, labels):
+                if label != 1:
+                    to_negative = np.hypot(grid_x - x, grid_y - y)
+                    probable_fg[(to_negative <= region_radius) & (to_negative < to_positive)] = 0
 
         gc_mask = np.full((small_h, small_w), cv2.GC_PR_BGD, dtype=np.uint8)
         gc_mask[probable_fg > 0] = cv2.GC_PR_FGD
@@ -154,12 +165,22 @@ class GrabCutPredictor(_ReferenceIgnoringPredictor):
             value = cv2.GC_FGD if label == 1 else cv2.GC_BGD
             cv2.circle(gc_mask, (int(x), int(y)), seed_radius, int(value), thickness=-1)
 
-        if np.any(np.isin(gc_mask, (cv2.GC_BGD, cv2.GC_PR_BGD))):
+        # Work inside the box around the probable foreground and the positive seeds, grown by half
+        # its size on each side (at least region_radius): pixels outside it are background.
+        ys, xs = np.nonzero(np.isin(gc_mask, (cv2.GC_FGD, cv2.GC_PR_FGD)))
+        grow_y = max(region_radius, (ys.max() - ys.min() + 1) // 2)
+        grow_x = max(region_radius, (xs.max() - xs.min() + 1) // 2)
+        top, bottom = max(0, ys.min() - grow_y), min(small_h, ys.max() + grow_y + 1)
+        left, right = max(0, xs.min() - grow_x), min(small_w, xs.max() + grow_x + 1)
+        roi_mask = np.ascontiguousarray(gc_mask[top:bottom, left:right])
+        if np.any(np.isin(roi_mask, (cv2.GC_BGD, cv2.GC_PR_BGD))):
             bgd_model = np.zeros((1, 65), np.float64)
             fgd_model = np.zeros((1, 65), np.float64)
             cv2.setRNGSeed(0)
-            cv2.grabCut(self._small, gc_mask, None, bgd_model, fgd_model, self.iterations, cv2.GC_INIT_WITH_MASK)
-        foreground = np.isin(gc_mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8)
+            roi_image = np.ascontiguousarray(self._small[top:bottom, left:right])
+            cv2.grabCut(roi_image, roi_mask, None, bgd_model, fgd_model, self.iterations, cv2.GC_INIT_WITH_MASK)
+        foreground = np.zeros((small_h, small_w), np.uint8)
+        foreground[top:bottom, left:right] = np.isin(roi_mask, (cv2.GC_FGD, cv2.GC_PR_FGD))
 
         _, components = cv2.connectedComponents(foreground, connectivity=8)
         keep = {int(components[y, x]) for (x, y), label in zip(small_xy, labels) if label == 1}
