@@ -239,6 +239,18 @@ def test_only_registered_images_inside_the_folder_are_served(app: App, tmp_path:
     assert client.get("/api/images/999/file").status_code == 404
 
 
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG claiming a huge size (a decompression bomb must be refused from the header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
 def test_malformed_requests_get_4xx_with_a_reason(app: App) -> None:
     client = app.client
     label_id = app.label()
@@ -271,6 +283,13 @@ def test_malformed_requests_get_4xx_with_a_reason(app: App) -> None:
         ("get", "/api/exports/nope.zip", {}, 404, "export"),
         ("get", "/api/queue", {}, 422, "label_id"),
         ("get", "/api/labels/1/reference/preview.png?max_side=1", {}, 422, "max_side"),
+        ("get", f"/api/images/{2**70}/annotations", {}, 400, "out of range"),
+        ("post", "/api/predict", {"json": {"image_id": 2**70, "clicks": [{"x": 1, "y": 1}]}}, 400, "out of range"),
+        ("post", "/api/predict", {"content": b'{"image_id": 1, "clicks": [{"x": NaN, "y": 1}]}',
+                                  "headers": {"content-type": "application/json"}}, 400, "outside"),
+        ("post", "/api/annotations", {"json": {"image_id": 1, "label_id": label_id, "mask": {"rle": {"size": [40000, 40000], "counts": [1]}}}}, 400, "image is"),
+        ("post", "/api/annotations", {"json": {"image_id": 1, "label_id": label_id, "mask": {"png": base64.b64encode(_png_header_only(10000, 10000)).decode()}}}, 400, "image is"),
+        ("post", "/api/annotations", {"json": {"image_id": 1, "label_id": label_id, "mask": {"png": base64.b64encode(_png_header_only(100000, 100000)).decode()}}}, 400, "decompression bomb"),
     ]
     for method, url, kwargs, status, reason in cases:
         response = getattr(client, method)(url, **kwargs)

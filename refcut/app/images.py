@@ -47,12 +47,12 @@ def resolve_inside(images_dir: Path, relative_path: str) -> Path:
 
 def _open(path: Path) -> Image.Image:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with warnings.catch_warnings():  # the size is checked against MAX_PIXELS below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(path)
     except FileNotFoundError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning, OSError) as error:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as error:
         raise ImageLoadError(f"cannot read image {path.name}: {error}") from error
     if image.width * image.height > MAX_PIXELS:
         image.close()

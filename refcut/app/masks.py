@@ -74,17 +74,27 @@ def _counts_from_string(counts: str) -> np.ndarray:
     return np.asarray(runs, dtype=np.int64)
 
 
-def decode_png(data: bytes) -> np.ndarray:
-    """HxW bool mask from PNG bytes: a pixel is on if any channel is > 127 (alpha counts when present)."""
+def decode_png(data: bytes, expected_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """HxW bool mask from PNG bytes: on where the grey value (or the alpha, when present) is > 127.
+
+    With ``expected_shape`` (height, width) the size is checked from the header, before decoding.
+    """
     if len(data) > MAX_MASK_PNG_BYTES:
         raise ValueError(f"mask PNG is larger than {MAX_MASK_PNG_BYTES} bytes")
     try:
         with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if expected_shape is not None and (height, width) != tuple(expected_shape):
+                raise ValueError(f"mask PNG is {width}x{height} but the image is {expected_shape[1]}x{expected_shape[0]}")
+            if width * height > 200_000_000:
+                raise ValueError(f"mask PNG is {width}x{height}, too large")
             image.load()
             if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
                 return np.asarray(image.convert("RGBA"))[:, :, 3] > 127
             return np.asarray(image.convert("L")) > 127
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except ValueError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"mask is not a readable PNG: {error}") from error
 
 

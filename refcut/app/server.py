@@ -166,9 +166,11 @@ class BodySizeLimit:
 # -- helpers -------------------------------------------------------------------------------------
 def _mask_from(payload: MaskIn, image: ImageRow, what: str) -> np.ndarray:
     if payload.rle is not None:
+        if list(payload.rle.size) != [image.height, image.width]:
+            raise ValueError(f"{what} is {payload.rle.size[1]}x{payload.rle.size[0]} but the image is {image.width}x{image.height}")
         mask = decode_rle(payload.rle.model_dump())
     else:
-        mask = decode_png(decode_data_url(payload.png or ""))
+        mask = decode_png(decode_data_url(payload.png or ""), (image.height, image.width))
     if mask.shape != (image.height, image.width):
         raise ValueError(f"{what} is {mask.shape[1]}x{mask.shape[0]} but the image is {image.width}x{image.height}")
     return mask
@@ -236,6 +238,10 @@ def create_app(project: Project, session: ModelSession | None, model_name: str =
     @app.exception_handler(ValueError)
     async def bad_value(_: Request, error: ValueError):
         return _error(400, str(error))
+
+    @app.exception_handler(OverflowError)
+    async def overflow(_: Request, error: OverflowError):
+        return _error(400, f"a number in the request is out of range: {error}")
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, error: RequestValidationError):
@@ -364,10 +370,7 @@ def create_app(project: Project, session: ModelSession | None, model_name: str =
             if upload is None:
                 masks.append(None)
                 continue
-            mask = decode_png(upload.file.read())
-            if mask.shape != (image.height, image.width):
-                raise ValueError(f"{name} PNG is {mask.shape[1]}x{mask.shape[0]} but the image is {image.width}x{image.height}")
-            masks.append(mask)
+            masks.append(decode_png(upload.file.read(), (image.height, image.width)))
         return store_reference(label_id, image.id, masks[0], masks[1])
 
     @app.post("/api/labels/{label_id}/reference/undo")
