@@ -242,6 +242,7 @@ def write_plots(results: dict, run_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     written: list[Path] = []
     datasets = [d["name"] for d in results["configuration"]["datasets"]]
@@ -254,6 +255,7 @@ def write_plots(results: dict, run_dir: Path) -> list[Path]:
                 ax.plot(range(1, len(curve) + 1), curve, marker="o", markersize=3, label=e["label"])
             ax.set_title(dataset)
             ax.set_xlabel("number of clicks")
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
             ax.set_ylabel("mean IoU")
             ax.set_ylim(0, 1)
             ax.grid(alpha=0.3)

@@ -19,6 +19,8 @@ import importlib
 import json
 import multiprocessing
 import os
+import signal
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -311,6 +313,10 @@ def _append_record(path: Path, record: dict) -> None:
 # ---------------------------------------------------------------- the run
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _settings(
     dataset_paths: Sequence[str], split: str | None, configs: Sequence[EvalConfig], limit: int | None,
     threshold: float, data_module: str, plans: Sequence[DatasetPlan], shard: tuple[int, int] | None,
@@ -393,11 +399,19 @@ def run_evaluation(
                 _append_record(jsonl, run_task(task))
                 bar.update(1)
         else:
-            context = multiprocessing.get_context("spawn")
-            with context.Pool(workers, initializer=_init_worker, initargs=(True,)) as pool:
-                for record in pool.imap_unordered(run_task, tasks, chunksize=1):
-                    _append_record(jsonl, record)
-                    bar.update(1)
+            previous_handler = None
+            if threading.current_thread() is threading.main_thread():
+                # SIGTERM → KeyboardInterrupt, so leaving the with-block terminates the workers.
+                previous_handler = signal.signal(signal.SIGTERM, _interrupt)
+            try:
+                context = multiprocessing.get_context("spawn")
+                with context.Pool(workers, initializer=_init_worker, initargs=(True,)) as pool:
+                    for record in pool.imap_unordered(run_task, tasks, chunksize=1):
+                        _append_record(jsonl, record)
+                        bar.update(1)
+            finally:
+                if previous_handler is not None:
+                    signal.signal(signal.SIGTERM, previous_handler)
     if write_report:
         from refcut.evaluation.report import write_report as _write_report
 
