@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -31,6 +32,7 @@ def register(app: typer.Typer) -> None:
         freeze_blocks: int = typer.Option(None, help="Freeze the first K backbone blocks (and the embeddings)."),
         workers: int = typer.Option(None, help="DataLoader worker processes."),
         device: str = typer.Option(None, help="auto, cpu, cuda, cuda:N."),
+        threads: int = typer.Option(None, help="CPU threads per process (torch intra-op)."),
         precision: str = typer.Option(None, help="auto (fp16 AMP on GPU, fp32 on CPU), fp32, bf16, fp16."),
         no_reference: bool = typer.Option(
             None, "--no-reference/--with-reference", help="Baseline: never use a reference (prompts always zero)."
@@ -47,7 +49,8 @@ def register(app: typer.Typer) -> None:
         explicit = {
             "steps": steps, "batch_size": batch_size, "optim.lr": lr, "seed": seed, "model.preset": preset,
             "model.image_size": image_size, "model.init": init, "optim.freeze_blocks": freeze_blocks,
-            "data.num_workers": workers, "device": device, "precision": precision, "no_reference": no_reference,
+            "data.num_workers": workers, "device": device, "threads": threads, "precision": precision,
+            "no_reference": no_reference,
             "save_fp16": save_fp16,
         }
         try:
@@ -79,4 +82,5 @@ def register(app: typer.Typer) -> None:
         except (ValueError, FileNotFoundError) as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(2) from error
-        typer.echo(f"model written to {result}")
+        if os.environ.get("RANK", "0") == "0":
+            typer.echo(f"model written to {result}")

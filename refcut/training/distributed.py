@@ -55,7 +55,8 @@ def init_distributed(device_preference: str = "auto") -> DistContext:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 

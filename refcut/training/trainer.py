@@ -84,7 +84,8 @@ def open_training_datasets(specs: list[str]) -> list:
         path, fmt = parse_data_spec(spec)
         dataset = open_dataset(path, format=fmt, split="train")
         leaked = [s.sample_id for s in dataset.samples if is_heldout_image(s.image_path)]
-        assert not leaked, f"held-out images in the training split of {path}: {leaked[:3]}"
+        if leaked:  # never train on the held-out split (kept even under python -O)
+            raise AssertionError(f"held-out images in the training split of {path}: {leaked[:3]}")
         if not len(dataset):
             raise ValueError(f"dataset {path} has no training samples")
         datasets.append(dataset)
@@ -133,7 +134,9 @@ class TrainingPairDataset(Dataset):
         )
         has_reference = pair.reference_image is not None and not cfg.no_reference
         if has_reference:
-            ref, pos, neg = augment_reference(pair.reference_image, pair.positive_mask, pair.negative_mask, size, rng, data)
+            ref, pos, neg = augment_reference(
+                pair.reference_image, pair.positive_mask, pair.negative_mask, size, rng, data
+            )
         else:
             ref, pos, neg = (np.zeros((3, size, size), np.float32), np.zeros((size, size), np.float32),
                              np.zeros((size, size), np.float32))
@@ -374,7 +377,9 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     folder = Path(run_dir) / "checkpoints"
     if not folder.is_dir():
         return None
-    done = sorted(p for p in folder.glob("step_*") if (p / TRAINER_STATE_NAME).is_file() and (p / WEIGHTS_NAME).is_file())
+    done = sorted(
+        p for p in folder.glob("step_*") if (p / TRAINER_STATE_NAME).is_file() and (p / WEIGHTS_NAME).is_file()
+    )
     return done[-1] if done else None
 
 
@@ -382,7 +387,10 @@ def save_checkpoint(
     run_dir: Path, step: int, model: RefCutModel, optimizer: torch.optim.Optimizer,
     scheduler: Any, scaler: Any, config: TrainConfig, keep: int,
 ) -> Path:
-    """Native model dir + ``trainer_state.pt``; written to a temporary folder then renamed; keeps the newest ``keep``."""
+    """Native model dir + ``trainer_state.pt``, written to a temporary folder then renamed.
+
+    Only the newest ``keep`` checkpoints are kept (all when ``keep`` is 0).
+    """
     target = checkpoint_dir(run_dir, step)
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -615,6 +623,8 @@ def _train(
         config.save_yaml(run_dir / CONFIG_YAML)
     barrier(context)
 
+    if config.threads:
+        torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)  # identical initialisation on every rank
     model = build_initial_model(config).to(device)
     freeze_parameters(model, config.optim.freeze_blocks, config.no_reference)
@@ -631,7 +641,7 @@ def _train(
     wrapped: nn.Module = model
     if context.distributed:
         wrapped = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+            model, device_ids=[device.index] if device.type == "cuda" else None
         )
 
     if pair_source is None:
