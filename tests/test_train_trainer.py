@@ -196,3 +196,18 @@ def test_bf16_autocast_on_cpu(tmp_path):
     with open(tmp_path / "run" / "log.csv", newline="") as handle:
         (row,) = list(csv.DictReader(handle))
     assert np.isfinite(float(row["loss"])) and (final / "model.safetensors").is_file()
+
+
+def test_init_from_native_checkpoint_with_new_input_size(tmp_path):
+    from refcut.training.trainer import build_initial_model
+    from refcut.weights.native import save_pretrained
+
+    torch.manual_seed(3)
+    source = build_model(ModelConfig.from_preset("tiny_test"))
+    save_pretrained(source, tmp_path / "init")
+    model = build_initial_model(tiny_config(**{"model.init": str(tmp_path / "init"), "model.image_size": 96}))
+    assert model.config.image_size == 96
+    for key, value in source.state_dict().items():
+        assert torch.equal(value, model.state_dict()[key]), key
+    with pytest.raises(FileNotFoundError):
+        build_initial_model(tiny_config(**{"model.init": str(tmp_path / "missing")}))
