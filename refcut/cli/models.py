@@ -39,7 +39,8 @@ def describe_model(model, files: dict[str, int] | None = None, metadata: dict | 
         f"{config.pos_embed_grid}x{config.pos_embed_grid})",
         f"attention:    {windows}",
         f"parameters:   {total:,} (" + ", ".join(f"{k} {v:,}" for k, v in parts.items()) + ")",
-        f"reference:    {'trained (non-zero prompt MLP output layers)' if trained else 'untrained (zero prompt: behaves as a no-reference model)'}",
+        "reference:    " + ("trained (non-zero prompt MLP output layers)" if trained
+                            else "untrained (zero prompt: behaves as a no-reference model)"),
     ]  # fmt: skip
     if metadata and isinstance(metadata.get("source"), dict):
         source = metadata["source"]

@@ -243,7 +243,9 @@ def load_state_checked(
     unknown = sorted(set(state) - set(own))
     if unknown:
         raise ValueError(f"{report.source}: keys with no place in the model: {unknown[:8]}")
-    wrong = [f"{k}: {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items() if v.shape != own[k].shape]
+    wrong = [
+        f"{k}: {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items() if v.shape != own[k].shape
+    ]
     if wrong:
         raise ValueError(f"{report.source}: shape mismatch for {len(wrong)} tensors, e.g. {wrong[:4]}")
     required = [k for k in own if k.startswith(required_prefixes)]

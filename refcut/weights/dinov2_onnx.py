@@ -125,7 +125,8 @@ def read_dinov2_onnx(onnx_path: str | Path | None = None, verify: bool = True) -
                and not i.startswith(_HF) and inits[i].shape[:2] == (1, 1)]  # fmt: skip
     if len(patch_pos) != 1 or len(cls_pos) != 1:
         raise ValueError(f"{path}: cannot identify the position embedding (found {patch_pos}, {cls_pos})")
-    tensors["backbone.embeddings.position_embeddings"] = np.concatenate([inits[cls_pos[0]], inits[patch_pos[0]]], axis=1)
+    position = np.concatenate([inits[cls_pos[0]], inits[patch_pos[0]]], axis=1)
+    tensors["backbone.embeddings.position_embeddings"] = position
     return tensors
 
 

@@ -16,7 +16,13 @@ from pathlib import Path
 import torch
 
 from refcut.model import RefCutModel
-from refcut.weights.checkpoint import LoadReport, load_state_checked, read_torch_checkpoint, resize_pos_embed, tensors_only
+from refcut.weights.checkpoint import (
+    LoadReport,
+    load_state_checked,
+    read_torch_checkpoint,
+    resize_pos_embed,
+    tensors_only,
+)
 
 _UNUSED = ("cls_token", "mask_token", "fc_norm.", "head.", "pre_logits.", "decoder_", "dist_token")
 
@@ -49,7 +55,9 @@ def init_from_mae(model: RefCutModel, path: str | Path) -> LoadReport:
             source_grid = round((value.shape[1] - 1) ** 0.5)
             if source_grid != grid:
                 value = resize_pos_embed(value, grid)
-                report.notes.append(f"position embedding resized bicubically from {source_grid}x{source_grid} to {grid}x{grid}")
+                report.notes.append(
+                    f"position embedding resized bicubically from {source_grid}x{source_grid} to {grid}x{grid}"
+                )
             mapped["backbone.pos_embed"] = value
         else:
             mapped["backbone." + key] = value
