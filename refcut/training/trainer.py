@@ -626,7 +626,8 @@ def _train(
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)  # identical initialisation on every rank
-    model = build_initial_model(config).to(device)
+    # On resume the architecture and weights come from the checkpoint (no need to re-read the init source).
+    model = (load_pretrained(checkpoint)[0] if checkpoint else build_initial_model(config)).to(device)
     freeze_parameters(model, config.optim.freeze_blocks, config.no_reference)
     groups = build_param_groups(model, config)
     optimizer = torch.optim.Adam(
