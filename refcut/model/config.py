@@ -83,16 +83,23 @@ class ModelConfig:
         return replace(PRESETS[name], **overrides)
 
 
-def _vit(name: str, dim: int, depth: int, heads: int) -> ModelConfig:
-    # SimpleClick: groups of 6 blocks for ViT-B's 12, depth // 4 for deeper models.
+def _simpleclick_vit(
+    name: str, dim: int, depth: int, heads: int, neck: tuple[int, int, int, int], patch: int = 16
+) -> ModelConfig:
+    # SimpleClick's plainvit_*448 experiments: windows of 224 px (224 / patch tokens a side);
+    # groups of 6 blocks for ViT-B's 12, depth // 4 for deeper models, the last of each global.
     every = 6 if depth == 12 else depth // 4
-    return ModelConfig(name=name, embed_dim=dim, depth=depth, num_heads=heads, global_attention_every=every)
+    return ModelConfig(
+        name=name, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads, window_size=224 // patch,
+        global_attention_every=every, pos_embed_grid=448 // patch, neck_dims=neck,
+    )  # fmt: skip
 
 
 PRESETS: dict[str, ModelConfig] = {
-    "vit_base": _vit("vit_base", 768, 12, 12),
-    "vit_large": _vit("vit_large", 1024, 24, 16),
-    "vit_huge": _vit("vit_huge", 1280, 32, 16),
+    "vit_base": _simpleclick_vit("vit_base", 768, 12, 12, (128, 256, 512, 1024)),
+    "vit_large": _simpleclick_vit("vit_large", 1024, 24, 16, (192, 384, 768, 1536)),
+    # SimpleClick's ViT-H uses 14-px patches (its MAE-H weights do).
+    "vit_huge": _simpleclick_vit("vit_huge", 1280, 32, 16, (240, 480, 960, 1920), patch=14),
     "vit_small_dinov2": ModelConfig(
         name="vit_small_dinov2",
         image_size=448,
