@@ -18,7 +18,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from refcut.export.files import atomic_write_json, copy_image
-from refcut.export.geometry import mask_to_polygons, to_coco_polygon
+from refcut.export.geometry import to_coco_polygon
 from refcut.export.records import ExportImage, ExportInstance, ExportJob
 
 ANNOTATIONS_FILE = "annotations.json"
@@ -55,12 +55,8 @@ def write_coco(job: ExportJob, polygons: bool) -> Path:
         )
         for index, instance in image.numbered():
             if polygons:
-                rings = mask_to_polygons(instance.mask, job.polygon_tolerance, job.min_polygon_area)
+                rings = job.polygons(image, index, instance)
                 if not rings:
-                    job.skip(
-                        f"{image.file_name}: instance {index} ({instance.label!r}) is too small or thin "
-                        "for a polygon; skipped"
-                    )
                     continue
                 segmentation = [
                     [round(float(v), 2) for v in to_coco_polygon(r, image.width, image.height).ravel()]

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from refcut.export.files import atomic_write_json, copy_image
-from refcut.export.geometry import mask_to_polygons, polygons_to_mask
+from refcut.export.geometry import polygons_to_mask
 from refcut.export.records import ExportImage, ExportInstance, ExportJob
 
 LABELME_VERSION = "5.5.0"  # labelme warns when the major version differs from its own
@@ -30,12 +30,8 @@ def write_labelme(job: ExportJob) -> Path:
     for image in job.images:
         shapes = []
         for index, instance in image.numbered():
-            rings = mask_to_polygons(instance.mask, job.polygon_tolerance, job.min_polygon_area)
+            rings = job.polygons(image, index, instance)
             if not rings:
-                job.skip(
-                    f"{image.file_name}: instance {index} ({instance.label!r}) is too small or thin "
-                    "for a polygon; skipped"
-                )
                 continue
             for ring in rings:
                 shapes.append(

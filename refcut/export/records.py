@@ -7,6 +7,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from refcut.export.geometry import mask_to_polygons
+
 
 @dataclass
 class ExportInstance:
@@ -78,6 +80,13 @@ class ExportJob:
         """Record an instance that could not be written."""
         self.warnings.append(message)
         self.num_skipped += 1
+
+    def polygons(self, image: PreparedImage, index: int, instance: ExportInstance) -> list[np.ndarray]:
+        """The instance's polygon rings; records a skip (and returns []) when none survive."""
+        rings = mask_to_polygons(instance.mask, self.polygon_tolerance, self.min_polygon_area)
+        if not rings:
+            self.skip(f"{image.file_name}: instance {index} ({instance.label!r}) is too small or thin for a polygon; skipped")
+        return rings
 
     def class_index(self, label: str) -> int:
         """0-based index of a label in the label order."""

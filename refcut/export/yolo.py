@@ -23,7 +23,7 @@ import yaml
 
 from refcut.export.coco import tool_version
 from refcut.export.files import atomic_write_json, atomic_write_text, copy_image, find_image, image_size
-from refcut.export.geometry import mask_to_polygons, polygons_to_mask
+from refcut.export.geometry import polygons_to_mask
 from refcut.export.records import ExportImage, ExportInstance, ExportJob
 
 DATA_YAML = "data.yaml"
@@ -42,12 +42,8 @@ def write_yolo_seg(job: ExportJob) -> Path:
         rows: list[str] = []
         sidecar_instances = []
         for index, instance in image.numbered():
-            rings = mask_to_polygons(instance.mask, job.polygon_tolerance, job.min_polygon_area)
+            rings = job.polygons(image, index, instance)
             if not rings:
-                job.skip(
-                    f"{image.file_name}: instance {index} ({instance.label!r}) is too small or thin "
-                    "for a polygon; skipped"
-                )
                 continue
             class_id = job.class_index(instance.label)
             first_row = len(rows)
