@@ -23,7 +23,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from refcut.app.images import ImageLoadError, downscale_for_model, load_rgb, resolve_inside
-from refcut.app.masks import bbox_xywh, decode_data_url, decode_png, decode_rle, encode_png, encode_rle
+from refcut.app.masks import bbox_xywh, decode_data_url, decode_png, decode_rle, encode_rle
 from refcut.app.project import Project, export_project
 from refcut.app.service import MAX_CLICKS, ModelSession, Prediction
 from refcut.app.storage import AnnotationRow, Conflict, ImageRow, LabelRow, NotFound, ReferenceRow

@@ -10,39 +10,15 @@ from __future__ import annotations
 import csv
 import datetime as _dt
 import json
-import subprocess
 from collections import defaultdict
 from pathlib import Path
 
 from refcut.evaluation.baselines import is_model_method
 from refcut.evaluation.metrics import NOC_THRESHOLDS, NOF_THRESHOLDS, noc_per_target, summarize, threshold_label
 from refcut.evaluation.runner import EPISODES_FILE, RUN_CONFIG_FILE, read_records
+from refcut.provenance import git_revision, package_version
 
 KIND_ORDER = ("single", "pair", "whole", "object")
-
-
-def package_version() -> str:
-    """Installed refcut version."""
-    try:
-        from importlib.metadata import version
-
-        return version("refcut")
-    except Exception:  # noqa: BLE001 - not installed: fall back to the source tree
-        import refcut
-
-        return getattr(refcut, "__version__", "unknown")
-
-
-def git_revision() -> str | None:
-    """``git describe --always --dirty`` of the source tree, or None outside a git checkout."""
-    try:
-        completed = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=40"],
-            cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=10, check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return completed.stdout.strip() or None
 
 
 def method_label(method: str) -> str:

@@ -24,7 +24,6 @@ import math
 import platform
 import re
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -40,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from refcut.clicker import sample_training_click
 from refcut.model import ModelConfig, RefCutModel, build_model
+from refcut.provenance import git_revision
 from refcut.training.augment import augment_reference, augment_target
 from refcut.training.config import TrainConfig
 from refcut.training.distributed import DistContext, all_reduce_mean, barrier, init_distributed, shutdown
@@ -530,19 +530,6 @@ def render_dump(batch: dict[str, torch.Tensor], output: StepOutput, threshold: f
 
 
 # -- environment --------------------------------------------------------------------------------
-
-
-def git_revision() -> str:
-    """``git describe``-like revision of the source tree (``unknown`` outside a checkout)."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (rev + ("-dirty" if dirty else "")) if rev else "unknown"
 
 
 def environment_summary(config: TrainConfig, context: DistContext, precision: str, model: RefCutModel) -> dict:
