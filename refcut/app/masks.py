@@ -10,15 +10,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from pycocotools import mask as mask_utils
 
+from refcut.export.coco import encode_rle
+
+__all__ = ["encode_rle", "decode_rle", "decode_png", "decode_data_url", "encode_png", "bbox_xywh"]
+
 MAX_MASK_PNG_BYTES = 8 * 1024 * 1024
-
-
-def encode_rle(mask: np.ndarray) -> dict:
-    """COCO compressed RLE of a HxW bool mask, JSON-ready (``counts`` as str)."""
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
 def decode_rle(rle: dict) -> np.ndarray:

@@ -19,26 +19,18 @@ from pycocotools import mask as mask_utils
 
 from refcut.export.files import atomic_write_json, copy_image
 from refcut.export.geometry import to_coco_polygon
+from refcut.provenance import package_version
 from refcut.export.records import ExportImage, ExportInstance, ExportJob
 
 ANNOTATIONS_FILE = "annotations.json"
 
 
-def tool_version() -> str:
-    """The installed RefCut version (``"unknown"`` if the package metadata is missing)."""
-    try:
-        from importlib.metadata import version
-
-        return version("refcut")
-    except Exception:  # noqa: BLE001 - metadata absent in an uninstalled checkout
-        return "unknown"
-
-
 def encode_rle(mask: np.ndarray) -> dict:
-    """COCO compressed RLE of a bool mask with ``counts`` as a str (JSON-serialisable)."""
+    """COCO compressed RLE of a HxW bool mask, JSON-ready (``counts`` as str)."""
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
+    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
 def _rle_stats(rle: dict) -> tuple[float, list[float]]:
@@ -88,7 +80,7 @@ def write_coco(job: ExportJob, polygons: bool) -> Path:
         "info": {
             "description": "Exported by RefCut",
             "tool": "refcut",
-            "version": tool_version(),
+            "version": package_version(),
             "year": now.year,
             "date_created": now.isoformat(timespec="seconds"),
             "segmentation": "polygon" if polygons else "rle",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from refcut.export.coco import tool_version
+from refcut.provenance import package_version
 from refcut.export.files import atomic_write_json, atomic_write_png, copy_image, read_index_png
 from refcut.export.records import ExportImage, ExportInstance, ExportJob
 
@@ -67,7 +67,7 @@ def write_png(job: ExportJob) -> Path:
         }
     document = {
         "tool": "refcut",
-        "version": tool_version(),
+        "version": package_version(),
         "background": 0,
         "classes": {str(i + 1): name for i, name in enumerate(job.labels)},
         "images": images_entry,

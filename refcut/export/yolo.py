@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import yaml
 
-from refcut.export.coco import tool_version
+from refcut.provenance import package_version
 from refcut.export.files import atomic_write_json, atomic_write_text, copy_image, find_image, image_size
 from refcut.export.geometry import polygons_to_mask
 from refcut.export.records import ExportImage, ExportInstance, ExportJob
@@ -67,7 +67,7 @@ def write_yolo_seg(job: ExportJob) -> Path:
         )
     atomic_write_json(
         job.out_dir / SIDECAR,
-        {"tool": "refcut", "version": tool_version(), "names": job.labels, "images": sidecar_images},
+        {"tool": "refcut", "version": package_version(), "names": job.labels, "images": sidecar_images},
         indent=None,
     )
     data = {
