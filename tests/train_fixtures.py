@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from refcut.data.pairs import TrainingPair
 from refcut.training.config import TrainConfig
-
-
-@dataclass
-class FakePair:
-    target_image: np.ndarray
-    gt_mask: np.ndarray
-    reference_image: np.ndarray | None
-    positive_mask: np.ndarray | None
-    negative_mask: np.ndarray | None
-    target_id: str
-    reference_id: str | None
 
 
 def _image_with_box(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -40,16 +28,16 @@ class FakePairSource:
         self.reference_prob = reference_prob
         self.count = 0
 
-    def sample(self, rng: np.random.Generator) -> FakePair:
+    def sample(self, rng: np.random.Generator) -> TrainingPair:
         self.count += 1
         image, a, b = _image_with_box(rng)
         gt = a if rng.random() < 0.5 else a | b
         if rng.random() >= self.reference_prob:
-            return FakePair(image, gt, None, None, None, f"t{self.count}", None)
+            return TrainingPair(image, gt, None, None, None, f"t{self.count}", None)
         ref, ra, rb = _image_with_box(rng)
         positive = ra if gt is a else ra | rb
         negative = rb if gt is a else None
-        return FakePair(image, gt, ref, positive, negative, f"t{self.count}", f"r{self.count}")
+        return TrainingPair(image, gt, ref, positive, negative, f"t{self.count}", f"r{self.count}")
 
 
 def tiny_config(**overrides) -> TrainConfig:
