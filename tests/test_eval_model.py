@@ -35,6 +35,12 @@ def test_tiny_model_through_the_protocol_and_runner(tmp_path):
         assert f"| tiny | {mode} |" in table
     assert (out / "ablation_polygon_step.png").exists() and (out / "ablation_reference_scale.png").exists()
 
+    # the same folder under a name, restricted to mode none (how a no-reference baseline model is run)
+    named = build_configs([f"baseline={model_dir}@none"], ["none", "both"], max_clicks=2)
+    out = run_evaluation([str(dataset)], named, tmp_path / "named", split="all", limit=1, progress=False)
+    assert "| baseline [none] |" in (out / "table.md").read_text()
+    assert [e["config"]["mode"] for e in json.loads((out / "results.json").read_text())["results"]] == ["none"]
+
 
 def test_no_reference_wrapper_equals_mode_none(tmp_path):
     from refcut.data import build_episodes, load_episode, open_dataset

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from refcut.evaluation.baselines import load_predictor
+from refcut.evaluation.baselines import MethodSpec, is_model_method, load_predictor, method_label, method_source
+from refcut.evaluation.protocol import REFERENCE_MODES
 from refcut.evaluation.runner import (
     EPISODES_FILE,
     build_configs,
@@ -84,6 +85,24 @@ def test_build_configs_baselines_once_models_per_mode(tmp_path):
     assert all(c.max_clicks == 1 for c in configs if c.study != "main")
     with pytest.raises(ValueError, match="reference mode"):
         build_configs(["grabcut"], ["everything"])
+
+
+def test_method_specs_name_and_restrict_modes(tmp_path):
+    assert MethodSpec.parse("ours=/runs/a/final@none+both", REFERENCE_MODES) == MethodSpec(
+        "/runs/a/final", "ours", ("none", "both"))
+    # '=' inside a path and '@' not followed by modes are part of the path
+    assert MethodSpec.parse("/runs/lr=1e-4/final", REFERENCE_MODES) == MethodSpec("/runs/lr=1e-4/final")
+    assert MethodSpec.parse("/runs/v@2", REFERENCE_MODES) == MethodSpec("/runs/v@2")
+    a, b = tmp_path / "a" / "final", tmp_path / "b" / "final"
+    configs = build_configs([f"refcut={a}", f"baseline={b}@none", "grabcut"], ["none", "both"])
+    assert [(c.method, c.mode) for c in configs] == [
+        (f"refcut={a}", "none"), (f"refcut={a}", "both"), (f"baseline={b}", "none"), ("grabcut", "none")]
+    assert [method_label(c.method) for c in configs] == ["refcut", "refcut", "baseline", "grabcut"]
+    assert method_source(configs[2].method) == str(b) and is_model_method(configs[2].method)
+    with pytest.raises(ValueError, match="labelled 'final'"):
+        build_configs([str(a), str(b)])
+    with pytest.raises(ValueError, match="mode 'none' only"):
+        build_configs(["grabcut@both"])
 
 
 def test_baselines_run_and_report(dataset_dir, tmp_path):

@@ -26,7 +26,8 @@ def register(app: typer.Typer) -> None:
         datasets: list[Path] = typer.Argument(..., help="Dataset folder(s); one column group each in Table 1."),
         method: list[str] = typer.Option(
             ..., "--method", "-m",
-            help="grabcut, oracle, empty, or a model path/folder (repeat for several methods).",
+            help="grabcut, oracle, empty, or a model folder, as [NAME=]SOURCE[@MODE+MODE] "
+                 "(e.g. refcut=runs/a/final, baseline=runs/b/final@none); repeat for several methods.",
         ),
         modes: str = typer.Option(
             ",".join(REFERENCE_MODES), help="Reference modes for model methods (baselines always run 'none')."

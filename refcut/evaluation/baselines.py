@@ -6,6 +6,8 @@ a model path) into a predictor.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -219,13 +221,63 @@ class NoReferencePredictor:
         return self.inner.predict(point_coords, point_labels, prev_mask=prev_mask)
 
 
+_METHOD_NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A ``--method`` value: ``[NAME=]SOURCE[@MODE+MODE...]``.
+
+    ``SOURCE`` is a baseline name or a model path; ``NAME`` labels it in tables (default: the
+    baseline name or the model folder's name); ``@none`` or ``@positive+both`` restricts the
+    reference modes it runs (e.g. a no-reference baseline model only needs ``none``).
+    """
+
+    source: str
+    name: str | None = None
+    modes: tuple[str, ...] | None = None
+
+    @classmethod
+    def parse(cls, text: str, known_modes: tuple[str, ...] = ()) -> "MethodSpec":
+        """Split a command-line value; ``@`` and ``=`` only count when what they mark is valid."""
+        if not text.strip():
+            raise ValueError("empty --method value")
+        modes = None
+        head, at, tail = text.rpartition("@")
+        if at and head and tail and all(mode in known_modes for mode in tail.split("+")):
+            text, modes = head, tuple(dict.fromkeys(tail.split("+")))
+        name, eq, source = text.partition("=")
+        if eq and source and _METHOD_NAME.match(name):
+            return cls(source=source, name=name, modes=modes)
+        return cls(source=text, modes=modes)
+
+    @property
+    def spec(self) -> str:
+        """``NAME=SOURCE`` (or ``SOURCE``): what configurations and records store as the method."""
+        return f"{self.name}={self.source}" if self.name else self.source
+
+
+def method_source(spec: str) -> str:
+    """The baseline name or model path of a stored method spec (drops ``NAME=``)."""
+    return MethodSpec.parse(spec).source
+
+
+def method_label(spec: str) -> str:
+    """Short display name: the given NAME, else baselines by name and models by their folder/file name."""
+    parsed = MethodSpec.parse(spec)
+    if parsed.name:
+        return parsed.name
+    return parsed.source if not is_model_method(spec) else Path(parsed.source).name or parsed.source
+
+
 def is_model_method(spec: str) -> bool:
     """True for a model path (reference modes apply), False for the baselines."""
-    return spec not in BASELINE_METHODS
+    return method_source(spec) not in BASELINE_METHODS
 
 
 def load_predictor(spec: str, device: str = "cpu") -> InteractivePredictor:
     """``"grabcut"``, ``"oracle"``, ``"empty"`` or a model path/dir (→ ``RefCutPredictor.from_pretrained``)."""
+    spec = method_source(spec)
     if spec == "grabcut":
         return GrabCutPredictor()
     if spec == "oracle":

@@ -13,17 +13,12 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from refcut.evaluation.baselines import is_model_method
+from refcut.evaluation.baselines import is_model_method, method_label
 from refcut.evaluation.metrics import NOC_THRESHOLDS, NOF_THRESHOLDS, noc_per_target, summarize, threshold_label
 from refcut.evaluation.runner import EPISODES_FILE, RUN_CONFIG_FILE, read_records
 from refcut.provenance import git_revision, package_version
 
 KIND_ORDER = ("single", "pair", "whole", "object")
-
-
-def method_label(method: str) -> str:
-    """Short display name: baselines by name, models by their file/folder name."""
-    return method if not is_model_method(method) else Path(method).name or method
 
 
 def config_label(config: dict) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from refcut.evaluation.baselines import is_model_method, load_predictor
+from refcut.evaluation.baselines import MethodSpec, is_model_method, load_predictor, method_label
 from refcut.evaluation.protocol import PREDICTION_THRESHOLD, REFERENCE_MODES, EpisodeData, evaluate_episode
 
 EPISODES_FILE = "episodes.jsonl"
@@ -67,18 +67,25 @@ def build_configs(
     reference_scales: Sequence[float] = (),
     ablation_mode: str = "both",
 ) -> list[EvalConfig]:
-    """The configurations of a run: baselines once (mode none), model methods per mode, plus ablations."""
+    """The configurations of a run: baselines once (mode none), model methods per mode, plus ablations.
+
+    ``methods`` are :class:`MethodSpec` strings; a spec's own ``@modes`` replace ``modes`` for it.
+    """
     for mode in [*modes, ablation_mode]:
         if mode not in REFERENCE_MODES:
             raise ValueError(f"unknown reference mode {mode!r}; expected one of {REFERENCE_MODES}")
     if not methods:
         raise ValueError("give at least one method")
     configs: list[EvalConfig] = []
-    for method in methods:
+    for text in methods:
+        parsed = MethodSpec.parse(text, REFERENCE_MODES)
+        method = parsed.spec
         if not is_model_method(method):
+            if parsed.modes not in (None, ("none",)):
+                raise ValueError(f"baseline {parsed.source!r} ignores references; it runs in mode 'none' only")
             configs.append(EvalConfig(method, "none", max_clicks=max_clicks))
             continue
-        configs.extend(EvalConfig(method, mode, max_clicks=max_clicks) for mode in modes)
+        configs.extend(EvalConfig(method, mode, max_clicks=max_clicks) for mode in parsed.modes or modes)
         configs.extend(
             EvalConfig(method, ablation_mode, "polygon_step", polygon_step=int(step), max_clicks=1)
             for step in polygon_steps
@@ -88,6 +95,13 @@ def build_configs(
             for scale in reference_scales
         )
     unique = list(dict.fromkeys(configs))
+    specs = list(dict.fromkeys(config.method for config in unique))
+    labels = [method_label(spec) for spec in specs]
+    for label in set(labels):
+        if labels.count(label) > 1:
+            clashing = [spec for spec in specs if method_label(spec) == label]
+            raise ValueError(f"methods {clashing} would all be labelled {label!r} in the tables; "
+                             f"name them, e.g. --method mine={clashing[0]}")
     return unique
 
 
