@@ -160,6 +160,9 @@ def test_settings_mismatch_refuses_to_mix(dataset_dir, tmp_path):
     with pytest.raises(ValueError, match="different settings"):
         run_evaluation([str(dataset_dir)], build_configs(["empty"], max_clicks=2), tmp_path / "run", split="all",
                        limit=2, progress=False)
+    with pytest.raises(ValueError, match="different settings"):  # same method, other episodes
+        run_evaluation([str(dataset_dir)], build_configs(["oracle"], max_clicks=2), tmp_path / "run", split="all",
+                       limit=3, progress=False)
 
 
 CALLS: list[str] = []
@@ -176,6 +179,18 @@ def counting_factory(spec: str):
 
     predictor.set_image = set_image
     return predictor
+
+
+def test_adding_a_method_extends_a_run(dataset_dir, tmp_path):
+    CALLS.clear()
+    run_evaluation([str(dataset_dir)], build_configs(["oracle"], max_clicks=2), tmp_path / "run", split="all",
+                   limit=2, progress=False, predictor_factory=counting_factory)
+    assert CALLS == ["oracle", "oracle"]
+    out = run_evaluation([str(dataset_dir)], build_configs(["oracle", "empty"], max_clicks=2), tmp_path / "run",
+                         split="all", limit=2, progress=False, predictor_factory=counting_factory)
+    assert CALLS == ["oracle", "oracle", "empty", "empty"]  # the oracle's finished episodes were reused
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert sorted(entry["config"]["method"] for entry in results) == ["empty", "oracle"]
 
 
 def test_resume_skips_finished_episodes(dataset_dir, tmp_path):

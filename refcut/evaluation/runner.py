@@ -357,6 +357,13 @@ def _settings(
     }
 
 
+def _only_adds_configs(previous: dict, settings: dict) -> bool:
+    """True when ``settings`` equals ``previous`` but for extra configurations (a run being extended)."""
+    same_rest = {k: v for k, v in previous.items() if k != "configs"} == {
+        k: v for k, v in settings.items() if k != "configs"}
+    return same_rest and all(config in settings["configs"] for config in previous["configs"])
+
+
 def run_evaluation(
     dataset_paths: Sequence[str],
     configs: Sequence[EvalConfig],
@@ -384,14 +391,13 @@ def run_evaluation(
         raise ValueError(f"two datasets share the name {names}; give folders with distinct names")
     settings = _settings(dataset_paths, split, configs, limit, threshold, data_module, plans, shard)
     config_path = out / RUN_CONFIG_FILE
-    if config_path.exists():
-        previous = json.loads(config_path.read_text())
-        if previous != settings:
+    previous = json.loads(config_path.read_text()) if config_path.exists() else None
+    if previous != settings:
+        if previous is not None and not _only_adds_configs(previous, settings):
             raise ValueError(
                 f"{out} already holds a run with different settings ({config_path}); "
-                "use another --out folder or delete it"
+                "use another --out folder or delete it (adding methods or modes to a run is allowed)"
             )
-    else:
         config_path.write_text(json.dumps(settings, indent=2))
 
     jsonl = out / EPISODES_FILE
