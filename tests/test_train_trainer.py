@@ -17,6 +17,7 @@ from refcut.training.trainer import (
     check_optimizer_coverage,
     freeze_parameters,
     latest_checkpoint,
+    load_checkpoint,
     train,
 )
 from refcut.weights.native import load_pretrained
@@ -80,6 +81,37 @@ def test_resume_with_extended_schedule_uses_new_milestones(tmp_path):
     with open(tmp_path / "run" / "log.csv", newline="") as handle:
         lrs = [float(r["lr"]) for r in csv.DictReader(handle)]
     assert lrs == pytest.approx([1e-3, 1e-3, 1e-3])
+
+
+def test_resume_with_new_lr_scales_keeps_adam_state_by_name(tmp_path):
+    train(tiny_config(steps=2), tmp_path / "run", pair_source=FakePairSource(), progress=False)
+    saved = torch.load(latest_checkpoint(tmp_path / "run") / TRAINER_STATE_NAME, weights_only=True)["optimizer"]
+    saved_moment = {name: saved["state"][index]["exp_avg"] for group in saved["param_groups"]
+                    for index, name in zip(group["params"], group["names"])}
+    # a checkpoint written before optimizer groups carried their names maps the same way
+    state_path = latest_checkpoint(tmp_path / "run") / TRAINER_STATE_NAME
+    state = torch.load(state_path, weights_only=True)
+    for group in state["optimizer"]["param_groups"]:
+        del group["names"]
+    torch.save(state, state_path)
+    config = tiny_config(steps=3, **{"optim.lr_scales": '{"reference.": 10}'})
+    model = build_model(ModelConfig.from_preset("tiny_test"))
+    groups = build_param_groups(model, config)
+    lr_of = {n: g["lr"] for g in groups for n in g["names"]}
+    assert lr_of["reference.positive_mlp.fc2.weight"] == pytest.approx(10 * config.optim.lr)
+    assert lr_of["patch_embed_coords.proj.weight"] == pytest.approx(config.optim.lr)
+    optimizer = torch.optim.Adam(groups, lr=config.optim.lr)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [3], gamma=0.1)
+    assert load_checkpoint(latest_checkpoint(tmp_path / "run"), model, optimizer, scheduler, None) == 2
+    by_name = {n: p for g in optimizer.param_groups for n, p in zip(g["names"], g["params"])}
+    for name in ("reference.positive_mlp.fc2.weight", "head.conv_seg.weight"):
+        if name in by_name:
+            assert torch.equal(optimizer.state[by_name[name]]["exp_avg"], saved_moment[name])
+    assert sorted(g["lr"] for g in optimizer.param_groups)[-1] == pytest.approx(10 * config.optim.lr)
+    # and the whole run continues with the new groups
+    train(config, tmp_path / "run", resume=True, pair_source=FakePairSource(), progress=False)
+    with open(tmp_path / "run" / "log.csv", newline="") as handle:
+        assert [int(r["step"]) for r in csv.DictReader(handle)] == [1, 2, 3]
 
 
 def test_resume_without_run_folder_fails(tmp_path):

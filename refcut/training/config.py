@@ -64,6 +64,8 @@ class OptimConfig:
     (SimpleClick: x0.1 at epoch 50 of 55, i.e. ~0.91). ``freeze_blocks = K`` freezes the
     first K backbone blocks and, when K > 0, the patch and position embeddings.
     ``layer_decay`` (e.g. 0.75) scales block ``i``'s lr by ``layer_decay ** (depth - i)``.
+    ``lr_scales`` multiplies the lr of parameters whose name starts with a prefix, e.g.
+    ``{"reference.": 10}`` for the reference prompt MLPs (the longest matching prefix wins).
     """
 
     lr: float = 5e-5
@@ -73,6 +75,7 @@ class OptimConfig:
     decay_at: list[float] = field(default_factory=lambda: [0.9])
     decay_gamma: float = 0.1
     layer_decay: float | None = None
+    lr_scales: dict[str, float] = field(default_factory=dict)
     freeze_blocks: int = 0
     grad_clip: float | None = None
 
@@ -83,6 +86,8 @@ class OptimConfig:
             raise ValueError(f"optim.decay_at must be fractions in (0, 1], got {self.decay_at}")
         if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
             raise ValueError(f"optim.layer_decay must be in (0, 1], got {self.layer_decay}")
+        if any(not isinstance(v, (int, float)) or v <= 0 for v in self.lr_scales.values()):
+            raise ValueError(f"optim.lr_scales must map name prefixes to positive numbers, got {self.lr_scales}")
         if self.freeze_blocks < 0:
             raise ValueError("optim.freeze_blocks must be >= 0")
 

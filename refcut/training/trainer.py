@@ -233,8 +233,9 @@ def layer_id(name: str, depth: int) -> int:
 def build_param_groups(model: RefCutModel, config: TrainConfig) -> list[dict[str, Any]]:
     """Optimizer groups covering every trainable parameter exactly once (asserted).
 
-    Groups are keyed by (layer-wise lr scale, weight decay): 1-D parameters (biases, norms,
-    layer scales) and embeddings get no weight decay.
+    Groups are keyed by (lr scale, weight decay): the scale is the layer-wise decay times the
+    longest matching ``optim.lr_scales`` prefix; 1-D parameters (biases, norms, layer scales)
+    and embeddings get no weight decay.
     """
     optim = config.optim
     depth = len(model.backbone.blocks)
@@ -243,6 +244,9 @@ def build_param_groups(model: RefCutModel, config: TrainConfig) -> list[dict[str
         if not param.requires_grad:
             continue
         scale = 1.0 if optim.layer_decay is None else optim.layer_decay ** (depth + 1 - layer_id(name, depth))
+        prefixes = [prefix for prefix in optim.lr_scales if name.startswith(prefix)]
+        if prefixes:
+            scale *= optim.lr_scales[max(prefixes, key=len)]
         no_decay = param.ndim <= 1 or name.endswith("pos_embed")
         decay = 0.0 if no_decay else optim.weight_decay
         group = groups.setdefault((scale, decay), {"params": [], "names": [], "lr_scale": scale,
@@ -420,10 +424,19 @@ def load_checkpoint(
     weights = load_file(str(folder / WEIGHTS_NAME))
     model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in weights.items()}, strict=True)
     state = torch.load(folder / TRAINER_STATE_NAME, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    milestones = scheduler.milestones
+    saved_names = _saved_group_names(state["optimizer"]["param_groups"], folder, model)
+    regrouped = saved_names != [list(group["names"]) for group in optimizer.param_groups]
+    if regrouped:  # the config changed the lr groups (e.g. new lr_scales): carry Adam's state over by name
+        _load_optimizer_state_by_name(optimizer, state["optimizer"], saved_names)
+    else:
+        for group, names in zip(state["optimizer"]["param_groups"], saved_names):
+            group["names"] = names
+        optimizer.load_state_dict(state["optimizer"])
+    milestones, base_lrs = scheduler.milestones, list(scheduler.base_lrs)
     scheduler.load_state_dict(state["scheduler"])
-    if scheduler.milestones != milestones:  # the current config's schedule wins (e.g. steps were extended)
+    if regrouped:
+        scheduler.base_lrs = base_lrs
+    if scheduler.milestones != milestones or regrouped:  # the current config's schedule wins
         scheduler.milestones = milestones
         passed = sum(count for m, count in milestones.items() if m <= scheduler.last_epoch)
         for group in optimizer.param_groups:
@@ -435,6 +448,37 @@ def load_checkpoint(
     if torch.cuda.is_available() and state.get("cuda_rng"):
         torch.cuda.set_rng_state_all(state["cuda_rng"])
     return int(state["step"])
+
+
+def _saved_group_names(saved_groups: list[dict[str, Any]], folder: Path, model: RefCutModel) -> list[list[str]]:
+    """Parameter names of each saved optimizer group (older checkpoints: rebuilt from their own config)."""
+    if all("names" in group for group in saved_groups):
+        return [list(group["names"]) for group in saved_groups]
+    meta = json.loads((folder / "config.json").read_text())
+    saved_config = TrainConfig.from_dict(meta["training"]["config"])
+    names = [group["names"] for group in build_param_groups(model, saved_config)]
+    if [len(n) for n in names] != [len(group["params"]) for group in saved_groups]:
+        raise ValueError(f"{folder}: cannot match the saved optimizer state to the model's parameters "
+                         "(were --freeze-blocks or --no-reference changed?)")
+    return names
+
+
+def _load_optimizer_state_by_name(
+    optimizer: torch.optim.Optimizer, saved: dict[str, Any], saved_names: list[list[str]]
+) -> None:
+    """Give each parameter the saved per-parameter state (Adam moments, step) of the same name."""
+    by_name = {}
+    for group, names in zip(saved["param_groups"], saved_names):
+        for index, name in zip(group["params"], names):
+            if index in saved["state"]:
+                by_name[name] = saved["state"][index]
+    for group in optimizer.param_groups:
+        for param, name in zip(group["params"], group["names"]):
+            if name in by_name:
+                optimizer.state[param] = {
+                    key: value.to(param.device) if torch.is_tensor(value) and value.dim() > 0 else value
+                    for key, value in by_name[name].items()
+                }
 
 
 class RunLogger:
@@ -617,9 +661,8 @@ def _train(
     model = (load_pretrained(checkpoint)[0] if checkpoint else build_initial_model(config)).to(device)
     freeze_parameters(model, config.optim.freeze_blocks, config.no_reference)
     groups = build_param_groups(model, config)
-    optimizer = torch.optim.Adam(
-        [{k: v for k, v in g.items() if k != "names"} for g in groups],
-        lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps,
+    optimizer = torch.optim.Adam(  # groups keep their "names": resume matches optimizer state by name
+        groups, lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps,
     )
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones_for(config), gamma=config.optim.decay_gamma)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
