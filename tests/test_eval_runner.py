@@ -94,11 +94,12 @@ def test_method_specs_name_and_restrict_modes(tmp_path):
     assert MethodSpec.parse("/runs/lr=1e-4/final", REFERENCE_MODES) == MethodSpec("/runs/lr=1e-4/final")
     assert MethodSpec.parse("/runs/v@2", REFERENCE_MODES) == MethodSpec("/runs/v@2")
     a, b = tmp_path / "a" / "final", tmp_path / "b" / "final"
-    configs = build_configs([f"refcut={a}", f"baseline={b}@none", "grabcut"], ["none", "both"])
-    assert [(c.method, c.mode) for c in configs] == [
-        (f"refcut={a}", "none"), (f"refcut={a}", "both"), (f"baseline={b}", "none"), ("grabcut", "none")]
-    assert [method_label(c.method) for c in configs] == ["refcut", "refcut", "baseline", "grabcut"]
-    assert method_source(configs[2].method) == str(b) and is_model_method(configs[2].method)
+    configs = build_configs([f"refcut={a}", f"baseline={b}@none", "grabcut"], ["none", "both"], polygon_steps=[8])
+    assert [(c.method, c.mode, c.study) for c in configs] == [
+        (f"refcut={a}", "none", "main"), (f"refcut={a}", "both", "main"), (f"refcut={a}", "both", "polygon_step"),
+        (f"baseline={b}", "none", "main"), ("grabcut", "none", "main")]  # no reference ablation for @none
+    assert [method_label(c.method) for c in configs] == ["refcut", "refcut", "refcut", "baseline", "grabcut"]
+    assert method_source(configs[3].method) == str(b) and is_model_method(configs[3].method)
     with pytest.raises(ValueError, match="labelled 'final'"):
         build_configs([str(a), str(b)])
     with pytest.raises(ValueError, match="mode 'none' only"):

@@ -86,6 +86,8 @@ def build_configs(
             configs.append(EvalConfig(method, "none", max_clicks=max_clicks))
             continue
         configs.extend(EvalConfig(method, mode, max_clicks=max_clicks) for mode in parsed.modes or modes)
+        if parsed.modes is not None and ablation_mode not in parsed.modes:
+            continue  # e.g. a no-reference model restricted to @none: reference ablations do not apply
         configs.extend(
             EvalConfig(method, ablation_mode, "polygon_step", polygon_step=int(step), max_clicks=1)
             for step in polygon_steps
