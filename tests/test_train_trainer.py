@@ -184,6 +184,25 @@ def test_step_batch_sampler_partitions_indices():
     assert ranks[0] == [[4, 5], [8, 9]] and ranks[1] == [[6, 7], [10, 11]]
 
 
+def test_reference_grad_off_keeps_the_backbone_out_of_the_reference_graph():
+    from refcut.training.trainer import compute_prompts
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_preset("tiny_test"))
+    with torch.no_grad():  # non-zero last layers, so the prompt depends on the reference features
+        for mlp in (model.reference.positive_mlp, model.reference.negative_mlp):
+            mlp.fc2.weight.normal_()
+    dataset = TrainingPairDataset(FakePairSource(reference_prob=1.0), tiny_config(), 64)
+    batch = torch.utils.data.default_collate([dataset[i] for i in range(2)])
+    block = model.backbone.blocks[-1].mlp.fc1.weight
+    mlp = model.reference.positive_mlp.fc2.weight
+    with_grad = torch.autograd.grad(compute_prompts(model, batch).sum(), [block, mlp], allow_unused=True)
+    without = torch.autograd.grad(compute_prompts(model, batch, reference_grad=False).sum(), [block, mlp],
+                                  allow_unused=True)
+    assert with_grad[0] is not None and with_grad[0].abs().sum() > 0
+    assert without[0] is None and without[1] is not None and without[1].abs().sum() > 0
+
+
 def test_step_computes_prompts_once_and_simulates_clicks_in_eval_mode():
     from refcut.training.trainer import training_step
 

@@ -278,11 +278,12 @@ def milestones_for(config: TrainConfig) -> list[int]:
 # -- one step -----------------------------------------------------------------------------------
 
 
-def compute_prompts(model: RefCutModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def compute_prompts(model: RefCutModel, batch: dict[str, torch.Tensor], reference_grad: bool = True) -> torch.Tensor:
     """Reference prompts ``B x D`` (with gradient); samples without a reference get zeros.
 
-    The reference backbone only runs on samples that have one; the prompt MLPs always run
-    (on zero features for the others), so every reference parameter is in the graph each step.
+    The reference backbone only runs on samples that have one (without gradient when
+    ``reference_grad`` is False); the prompt MLPs always run (on zero features for the others),
+    so every reference parameter is in the graph each step.
     """
     has = batch["has_reference"]
     image = batch["reference_image"]
@@ -291,7 +292,8 @@ def compute_prompts(model: RefCutModel, batch: dict[str, torch.Tensor]) -> torch
     features = image.new_zeros(b, model.config.embed_dim, height // patch, width // patch)
     index = torch.nonzero(has, as_tuple=False).flatten()
     if index.numel():
-        encoded = model.encode_reference(image.index_select(0, index))
+        with contextlib.nullcontext() if reference_grad else torch.no_grad():
+            encoded = model.encode_reference(image.index_select(0, index))
         features = features.to(encoded.dtype).index_copy(0, index, encoded)
     return model.reference_prompt(features, batch["positive_mask"], batch["negative_mask"])
 
@@ -334,7 +336,7 @@ def training_step(
     device = image.device
     points = batch["points"].cpu()
     with autocast():
-        prompt = None if config.no_reference else compute_prompts(model, batch)
+        prompt = None if config.no_reference else compute_prompts(model, batch, config.reference_grad)
     prev = torch.zeros_like(gt)
     num_extra = int(rng.integers(0, config.max_extra_clicks + 1))
     if num_extra:
