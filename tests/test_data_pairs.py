@@ -139,3 +139,20 @@ def test_two_datasets_references_stay_within_their_dataset():
         ds = sampler.datasets[s.dataset_index]
         assert ds.get(s.reference_id) and ds.get(s.target_id)
     assert seen == {0, 1}
+
+
+def test_drop_references_draws_the_same_targets_as_a_reference_run():
+    # Samples with rare part sets make the reference run redraw; the baseline must redraw identically.
+    ds = PartDataset("mixed", "parts", [sample("00.jpg#x", "x", PARTS), sample("01.jpg#x", "x", PARTS),
+                                        sample("02.jpg#x", "x", ("a", "b")), sample("03.jpg#x", "x", ("e",))])
+    with_reference = TrainingPairSampler([ds], no_reference_prob=0.1)
+    baseline = TrainingPairSampler([ds], no_reference_prob=0.1, drop_references=True)
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    specs_a = [with_reference.sample_spec(rng_a) for _ in range(300)]
+    specs_b = [baseline.sample_spec(rng_b) for _ in range(300)]
+    assert [(s.target_id, s.target_parts) for s in specs_a] == [(s.target_id, s.target_parts) for s in specs_b]
+    assert all(s.reference_id is None and s.keep == "none" for s in specs_b)
+    assert sum(s.reference_id is not None for s in specs_a) > 200
+    assert rng_a.random() == rng_b.random()  # the same amount of randomness was used
+    pair = baseline.sample(np.random.default_rng(8))
+    assert pair.reference_image is None and pair.positive_mask is None and pair.negative_mask is None

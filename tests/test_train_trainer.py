@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from refcut.data import PartDataset, PartSample
 from refcut.model import ModelConfig, build_model
 from refcut.training.trainer import (
     TRAINER_STATE_NAME,
     StepBatchSampler,
     TrainingPairDataset,
+    build_pair_source,
     build_param_groups,
     check_optimizer_coverage,
     freeze_parameters,
@@ -177,6 +180,31 @@ def test_dataset_items_are_deterministic_per_index():
     assert not torch.equal(a["image"], c["image"])
     assert a["image"].shape == (3, 64, 64) and a["gt"].shape == (1, 64, 64)
     assert a["points"].shape == (2 * 4 + config.max_extra_clicks, 3)
+
+
+def test_baseline_items_are_the_reference_runs_items_without_reference():
+    rng = np.random.default_rng(0)
+    samples = []
+    for i, parts in enumerate([("a", "b"), ("a", "b"), ("a",), ("b",)]):
+        image = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+        masks = {name: np.zeros((48, 64), bool) for name in parts}
+        for j, name in enumerate(parts):
+            masks[name][8:40, 8 + 24 * j:30 + 24 * j] = True
+        samples.append(PartSample(f"{i}.jpg#car", "car", Path(f"{i}.jpg"), parts,
+                                  load_image=lambda image=image: image, load_part_masks=lambda m=masks: dict(m)))
+    datasets = [PartDataset("toy", "parts", samples)]
+    with_reference = TrainingPairDataset(build_pair_source(tiny_config(), datasets), tiny_config(), 64)
+    baseline_config = tiny_config(no_reference=True)
+    baseline = TrainingPairDataset(build_pair_source(baseline_config, datasets), baseline_config, 64)
+    seen_reference = 0
+    for index in range(40):
+        a, b = with_reference[index], baseline[index]
+        assert a["target_id"] == b["target_id"]
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["gt"], b["gt"])
+        assert torch.equal(a["points"], b["points"])
+        assert not b["has_reference"]
+        seen_reference += a["has_reference"]
+    assert seen_reference > 20
 
 
 def test_step_batch_sampler_partitions_indices():

@@ -8,7 +8,9 @@ parts the negative mask. With probability ``only_one_mask_prob`` keep only one o
 (positive or negative, 50/50; the other becomes None). If no reference exists, draw again (new
 object, new k), at most ``max_tries`` times, then return the last target without a reference
 (counted in ``sampler.fallbacks``). With probability ``no_reference_prob`` the pair has no
-reference at all. Object-level datasets: the target is the object mask and the reference another
+reference at all. With ``drop_references`` every pair is drawn exactly as above (same targets,
+same parts, same use of the ``rng``) and then loses its reference: a no-reference baseline trained
+on those pairs sees the very targets the reference-guided model sees. Object-level datasets: the target is the object mask and the reference another
 instance of the same category, positive mask only. Every random choice comes from the ``rng``
 passed to :meth:`TrainingPairSampler.sample`, so a seed reproduces the pairs exactly.
 """
@@ -59,6 +61,7 @@ class TrainingPairSampler:
         only_one_mask_prob: float = 0.25,
         no_reference_prob: float = 0.0,
         max_tries: int = 20,
+        drop_references: bool = False,
     ):
         if not datasets:
             raise ValueError("TrainingPairSampler needs at least one dataset")
@@ -71,6 +74,7 @@ class TrainingPairSampler:
         self.only_one_mask_prob = only_one_mask_prob
         self.no_reference_prob = no_reference_prob
         self.max_tries = max_tries
+        self.drop_references = drop_references
         self.rng = np.random.default_rng(seed)
         self.fallbacks = 0
         self._targets = [(d, i) for d, ds in enumerate(self.datasets) for i, s in enumerate(ds.samples) if s.part_names]
@@ -86,7 +90,12 @@ class TrainingPairSampler:
 
     def sample_spec(self, rng: np.random.Generator | None = None) -> PairSpec:
         """Draw one pair's ids and part names (no pixels read)."""
-        rng = self.rng if rng is None else rng
+        spec = self._draw_spec(self.rng if rng is None else rng)
+        if self.drop_references and spec.reference_id is not None:
+            return PairSpec(spec.dataset_index, spec.target_id, spec.target_parts, None, (), (), "none")
+        return spec
+
+    def _draw_spec(self, rng: np.random.Generator) -> PairSpec:
         want_reference = not (self.no_reference_prob > 0 and rng.random() < self.no_reference_prob)
         for _ in range(self.max_tries):
             d, i = self._targets[int(rng.integers(len(self._targets)))]

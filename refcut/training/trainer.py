@@ -101,8 +101,10 @@ def build_pair_source(config: TrainConfig, datasets: list | None = None) -> Pair
         datasets,
         seed=config.seed,
         only_one_mask_prob=config.data.only_one_mask_prob,
-        # The baseline never looks at references: do not even read them.
-        no_reference_prob=1.0 if config.no_reference else config.data.no_reference_prob,
+        no_reference_prob=config.data.no_reference_prob,
+        # The baseline draws the same pairs as a reference run (same targets, same random
+        # stream) and drops their references without reading them.
+        drop_references=config.no_reference,
     )
 
 

@@ -1,0 +1,63 @@
+"""The reference probe's read-outs (scripts/reference_probe.py) on features that separate the parts exactly."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from refcut.data import Episode
+from refcut.data.episodes import EpisodeData
+
+_SPEC = importlib.util.spec_from_file_location(
+    "reference_probe", Path(__file__).resolve().parents[1] / "scripts" / "reference_probe.py"
+)
+probe = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(probe)
+
+GRID, SIZE = 8, 64  # an 8x8 feature grid over 64x64 images: 8-px patches
+
+
+class ColourFeatures:
+    """Stands in for the backbone: one-hot of each patch's colour channel (R part, G other part, B background)."""
+
+    def encode_reference(self, image: torch.Tensor) -> torch.Tensor:
+        patches = torch.nn.functional.adaptive_avg_pool2d(image, GRID)
+        return torch.nn.functional.one_hot(patches[0].argmax(dim=0), 3).permute(2, 0, 1)[None].float()
+
+
+def _scene(part_box: tuple[int, int, int, int], other_box: tuple[int, int, int, int]):
+    image = np.zeros((SIZE, SIZE, 3), np.uint8)
+    image[..., 2] = 255
+    part, other = np.zeros((SIZE, SIZE), bool), np.zeros((SIZE, SIZE), bool)
+    for mask, box, channel in ((part, part_box, 0), (other, other_box, 1)):
+        y0, y1, x0, x1 = box
+        mask[y0:y1, x0:x1] = True
+        image[y0:y1, x0:x1] = 0
+        image[y0:y1, x0:x1, channel] = 255
+    return image, part, other
+
+
+def _episode_data(target_part_box, positive_mask_of_reference=True):
+    target, target_part, _ = _scene(target_part_box, (40, 56, 40, 56))
+    reference, ref_part, ref_other = _scene((8, 24, 8, 24), (40, 56, 8, 40))
+    episode = Episode(episode_id="t", kind="single", target_id="t", target_parts=("part",),
+                      reference_id="r", positive_parts=("part",), negative_parts=("other",))
+    positive, negative = (ref_part, ref_other) if positive_mask_of_reference else (ref_other, ref_part)
+    return EpisodeData(episode, target, target_part, None, reference, positive, negative)
+
+
+def test_probe_finds_the_part_the_reference_marks():
+    scores = probe.probe_episode(ColourFeatures(), _episode_data((16, 32, 24, 48)), SIZE)
+    # Bilinear upsampling of the patch grid rounds the part's corners, hence not exactly 1.
+    assert scores["proto"] > 0.9
+    assert scores["proto+click"] == scores["proto"]
+    assert scores["best-threshold"] >= scores["proto"]
+
+
+def test_probe_follows_the_reference_not_the_target():
+    # Same target, but the reference's positive mask marks the *other* part: the read-outs must miss.
+    scores = probe.probe_episode(ColourFeatures(), _episode_data((16, 32, 24, 48), False), SIZE)
+    assert scores["proto"] < 0.1
+    assert scores["proto+click"] == pytest.approx(64 / 384)  # only the clicked 8x8 patch of the 16x24 part
