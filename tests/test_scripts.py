@@ -1,4 +1,4 @@
-"""The reference probe's read-outs (scripts/reference_probe.py) on features that separate the parts exactly."""
+"""The diagnostics in scripts/: the reference probe's read-outs and the paired run comparison."""
 
 import importlib.util
 from pathlib import Path
@@ -10,11 +10,17 @@ import torch
 from refcut.data import Episode
 from refcut.data.episodes import EpisodeData
 
-_SPEC = importlib.util.spec_from_file_location(
-    "reference_probe", Path(__file__).resolve().parents[1] / "scripts" / "reference_probe.py"
-)
-probe = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(probe)
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+probe = _script("reference_probe")
+compare_runs = _script("compare_runs")
 
 GRID, SIZE = 8, 64  # an 8x8 feature grid over 64x64 images: 8-px patches
 
@@ -61,3 +67,17 @@ def test_probe_follows_the_reference_not_the_target():
     scores = probe.probe_episode(ColourFeatures(), _episode_data((16, 32, 24, 48), False), SIZE)
     assert scores["proto"] < 0.1
     assert scores["proto+click"] == pytest.approx(64 / 384)  # only the clicked 8x8 patch of the 16x24 part
+
+
+def test_compare_runs_pairs_steps_and_windows(tmp_path):
+    for name, ious in (("a", [0.5, 0.7, 0.2, 0.4, 0.9]), ("b", [0.4, 0.5, 0.2, 0.1])):
+        (tmp_path / name).mkdir()
+        rows = "".join(f"{step},0.3,1e-4,{iou},1.0\n" for step, iou in enumerate(ious, start=1))
+        (tmp_path / name / "log.csv").write_text("step,loss,lr,iou,seconds\n" + rows)
+    a, b = compare_runs.read_iou(tmp_path / "a"), compare_runs.read_iou(tmp_path / "b")
+    first, second = compare_runs.paired_windows(a, b, window=2)  # step 5 exists only in run a
+    assert (first["first"], first["last"], first["n"]) == (1, 2, 2)
+    assert first["diff"] == pytest.approx(0.15) and first["sem"] == pytest.approx(0.05)
+    assert (second["first"], second["last"]) == (3, 4) and second["diff"] == pytest.approx(0.15)
+    with pytest.raises(SystemExit, match="log.csv"):
+        compare_runs.read_iou(tmp_path / "missing")
