@@ -10,9 +10,10 @@ object, new k), at most ``max_tries`` times, then return the last target without
 (counted in ``sampler.fallbacks``). With probability ``no_reference_prob`` the pair has no
 reference at all. With ``drop_references`` every pair is drawn exactly as above (same targets,
 same parts, same use of the ``rng``) and then loses its reference: a no-reference baseline trained
-on those pairs sees the very targets the reference-guided model sees. Object-level datasets: the target is the object mask and the reference another
-instance of the same category, positive mask only. Every random choice comes from the ``rng``
-passed to :meth:`TrainingPairSampler.sample`, so a seed reproduces the pairs exactly.
+on those pairs sees the very targets the reference-guided model sees. Object-level datasets: the
+target is the object mask and the reference another instance of the same category, positive
+mask only. Every random choice comes from the ``rng`` passed to
+:meth:`TrainingPairSampler.sample`, so a seed reproduces the pairs exactly.
 """
 
 from __future__ import annotations
