@@ -37,6 +37,7 @@ from refcut.evaluation.protocol import iou
 from refcut.evaluation.runner import plan_dataset
 from refcut.data import load_episode, open_dataset
 from refcut.model import ModelConfig, build_model
+from refcut.model.reference import masked_average_pool
 from refcut.weights.dinov2_onnx import init_from_dinov2
 
 
@@ -46,15 +47,12 @@ def _features(model, image: np.ndarray, size: int) -> torch.Tensor:
     return F.normalize(model.encode_reference(tensor)[0], dim=0)  # D x g x g
 
 
-def _grid_mask(mask: np.ndarray, grid: int) -> torch.Tensor:
-    tensor = torch.from_numpy(mask.astype(np.float32))[None, None]
-    return F.adaptive_avg_pool2d(tensor, grid)[0, 0]  # fraction of each patch covered
-
-
-def _prototype(features: torch.Tensor, weight: torch.Tensor) -> torch.Tensor | None:
-    if float(weight.sum()) < 1e-3:
+def _prototype(features: torch.Tensor, mask: np.ndarray | None) -> torch.Tensor | None:
+    """Unit-length masked average of ``features`` (D x g x g) under ``mask``; None for no or empty mask."""
+    if mask is None:
         return None
-    return F.normalize((features * weight).sum(dim=(1, 2)) / weight.sum(), dim=0)
+    pooled, has_mask = masked_average_pool(features[None], torch.from_numpy(mask.astype(np.float32))[None, None])
+    return F.normalize(pooled[0], dim=0) if bool(has_mask[0]) else None
 
 
 def _to_image(grid_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -66,11 +64,10 @@ def probe_episode(model, data, size: int) -> dict[str, float]:
     target = _features(model, data.target_image, size)
     reference = _features(model, data.reference_image, size)
     grid = target.shape[-1]
-    positive_w = _grid_mask(data.positive_mask, grid)
-    negative_w = _grid_mask(data.negative_mask, grid) if data.negative_mask is not None else torch.zeros_like(positive_w)
-    background_w = (1 - positive_w - negative_w).clamp(min=0)
-    prototypes = [p for p in (_prototype(reference, positive_w), _prototype(reference, negative_w),
-                              _prototype(reference, background_w)) if p is not None]
+    negative = data.negative_mask if data.negative_mask is not None else np.zeros_like(data.positive_mask)
+    background = ~(data.positive_mask | negative)
+    prototypes = [p for p in (_prototype(reference, data.positive_mask), _prototype(reference, negative),
+                              _prototype(reference, background)) if p is not None]
     similarity = torch.einsum("dhw,kd->khw", target, torch.stack(prototypes)).numpy()
     positive_score = similarity[0] - similarity[1:].max(axis=0)  # > 0: nearest prototype is the positive one
     shape = data.gt_mask.shape

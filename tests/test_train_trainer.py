@@ -18,6 +18,7 @@ from refcut.training.trainer import (
     build_pair_source,
     build_param_groups,
     check_optimizer_coverage,
+    compute_prompts,
     freeze_parameters,
     latest_checkpoint,
     load_checkpoint,
@@ -213,8 +214,6 @@ def test_step_batch_sampler_partitions_indices():
 
 
 def test_reference_grad_off_keeps_the_backbone_out_of_the_reference_graph():
-    from refcut.training.trainer import compute_prompts
-
     torch.manual_seed(0)
     model = build_model(ModelConfig.from_preset("tiny_test"))
     with torch.no_grad():  # non-zero last layers, so the prompt depends on the reference features
