@@ -22,6 +22,7 @@ from refcut.app.server import create_app
 from refcut.app.service import ModelSession
 
 WIDTH, HEIGHT = 64, 48
+BASE_URL = "http://127.0.0.1:8765"  # the app answers only to the hosts it is bound to (not TestClient's "testserver")
 
 
 class App:
@@ -33,7 +34,7 @@ class App:
         self.project = open_project(root / "project", self.images_dir)
         self.predictor = predictor or DiskPredictor()
         self.session = ModelSession(self.predictor, self.project, max_side=max_side) if with_model else None
-        self.client = TestClient(create_app(self.project, self.session, **app_kwargs))
+        self.client = TestClient(create_app(self.project, self.session, **app_kwargs), base_url=BASE_URL)
 
     def label(self, name: str = "thing") -> int:
         response = self.client.post("/api/labels", json={"name": name})
@@ -205,7 +206,7 @@ def test_model_calls_never_overlap_and_images_are_cached(tmp_path: Path) -> None
 
 def test_two_tabs_accepting_at_once_keep_every_instance(app: App) -> None:
     label_id = app.label()
-    second_tab = TestClient(app.client.app)
+    second_tab = TestClient(app.client.app, base_url=BASE_URL)
     rle = encode_rle(_box_mask())
 
     def accept_many(client: TestClient, image_id: int) -> None:
@@ -265,12 +266,12 @@ def test_malformed_requests_get_4xx_with_a_reason(app: App) -> None:
         ("post", "/api/predict", {"json": {"image_id": 77, "clicks": [{"x": 1, "y": 1}]}}, 404, "image 77"),
         ("post", "/api/predict", {"json": {"image_id": 1, "label_id": 99, "clicks": [{"x": 1, "y": 1}]}}, 404, "label 99"),
         ("post", "/api/predict", {"json": {"image_id": 1, "clicks": [{"x": 1, "y": 1}] * 101}}, 422, "clicks"),
-        ("post", "/api/annotations", {"json": {"image_id": 1, "label_id": label_id, "mask": {"rle": {"size": [2, 2], "counts": [4]}}}}, 400, "image is"),
+        ("post", "/api/annotations", {"json": {"image_id": 1, "label_id": label_id, "mask": {"rle": {"size": [2, 2], "counts": [4]}}}}, 422, "image is"),
         ("post", "/api/annotations", {"json": {"image_id": 1, "label_id": label_id, "mask": {"rle": encode_rle(np.zeros((HEIGHT, WIDTH), bool))}}}, 400, "empty"),
-        ("post", "/api/annotations", {"json": {"image_id": 1, "label_id": label_id, "mask": {"rle": {"size": [HEIGHT, WIDTH], "counts": "!!!"}}}}, 400, "RLE"),
+        ("post", "/api/annotations", {"json": {"image_id": 1, "label_id": label_id, "mask": {"rle": {"size": [HEIGHT, WIDTH], "counts": "!!!"}}}}, 422, "RLE"),
         ("post", "/api/annotations", {"json": {"image_id": 1, "label_id": label_id, "mask": {}}}, 422, "exactly one"),
-        ("post", "/api/annotations", {"json": {"image_id": 1, "label_id": label_id, "mask": {"png": "%%%"}}}, 400, "base64"),
-        ("post", "/api/annotations", {"json": {"image_id": 1, "label_id": label_id, "mask": {"png": base64.b64encode(b"GIF89a").decode()}}}, 400, "PNG"),
+        ("post", "/api/annotations", {"json": {"image_id": 1, "label_id": label_id, "mask": {"png": "%%%"}}}, 422, "base64"),
+        ("post", "/api/annotations", {"json": {"image_id": 1, "label_id": label_id, "mask": {"png": base64.b64encode(b"GIF89a").decode()}}}, 422, "PNG"),
         ("post", "/api/labels", {"json": {"name": "thing"}}, 409, "already exists"),
         ("post", "/api/labels", {"json": {"name": ""}}, 422, "name"),
         ("post", "/api/labels", {"json": {"name": "y", "colour": "red"}}, 422, "colour"),
@@ -286,9 +287,9 @@ def test_malformed_requests_get_4xx_with_a_reason(app: App) -> None:
         ("post", "/api/predict", {"json": {"image_id": 2**70, "clicks": [{"x": 1, "y": 1}]}}, 400, "out of range"),
         ("post", "/api/predict", {"content": b'{"image_id": 1, "clicks": [{"x": NaN, "y": 1}]}',
                                   "headers": {"content-type": "application/json"}}, 400, "outside"),
-        ("post", "/api/annotations", {"json": {"image_id": 1, "label_id": label_id, "mask": {"rle": {"size": [40000, 40000], "counts": [1]}}}}, 400, "image is"),
-        ("post", "/api/annotations", {"json": {"image_id": 1, "label_id": label_id, "mask": {"png": base64.b64encode(_png_header_only(10000, 10000)).decode()}}}, 400, "image is"),
-        ("post", "/api/annotations", {"json": {"image_id": 1, "label_id": label_id, "mask": {"png": base64.b64encode(_png_header_only(100000, 100000)).decode()}}}, 400, "decompression bomb"),
+        ("post", "/api/annotations", {"json": {"image_id": 1, "label_id": label_id, "mask": {"rle": {"size": [40000, 40000], "counts": [1]}}}}, 422, "image is"),
+        ("post", "/api/annotations", {"json": {"image_id": 1, "label_id": label_id, "mask": {"png": base64.b64encode(_png_header_only(10000, 10000)).decode()}}}, 422, "image is"),
+        ("post", "/api/annotations", {"json": {"image_id": 1, "label_id": label_id, "mask": {"png": base64.b64encode(_png_header_only(100000, 100000)).decode()}}}, 422, "decompression bomb"),
     ]
     for method, url, kwargs, status, reason in cases:
         response = getattr(client, method)(url, **kwargs)

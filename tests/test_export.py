@@ -368,6 +368,24 @@ def test_bad_records_are_rejected(dataset, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize("fmt", ["coco", "png"])
+def test_export_never_reads_an_image_through_a_symlink_out_of_the_folder(dataset, tmp_path, fmt):
+    """Issue 11 item 5: an image replaced by a symlink to a file outside the folder is refused, not copied."""
+    images, images_dir = dataset
+    outside = tmp_path / "outside.png"
+    cv2.imwrite(str(outside), np.full((64, 80, 3), 7, np.uint8))  # same size as a.png, so only the path check can stop it
+    (images_dir / "a.png").unlink()
+    (images_dir / "a.png").symlink_to(outside)
+    with pytest.raises(ValueError, match="'a.png'.*outside"):
+        export_dataset(images, LABELS, fmt, tmp_path / "out", images_dir=images_dir)
+    assert not (tmp_path / "out").exists()
+    inside = images_dir / "sub" / "link.png"  # a symlink that stays inside the folder is fine
+    inside.symlink_to(images_dir / "c.png")
+    summary = export_dataset_with_summary([ExportImage("sub/link.png", 30, 20, [])], LABELS, fmt, tmp_path / "ok",
+                                          images_dir=images_dir)
+    assert (summary.out_dir / "images" / "sub" / "link.png").is_file()
+
+
 def test_readers_report_missing_and_malformed_files(tmp_path):
     with pytest.raises(FileNotFoundError):
         read_coco(tmp_path / "nothing.json")

@@ -8,56 +8,91 @@ import io
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from pycocotools import mask as mask_utils
 
 from refcut.export.coco import encode_rle
 
-__all__ = ["encode_rle", "decode_rle", "decode_png", "decode_data_url", "encode_png", "bbox_xywh"]
+__all__ = ["MaskError", "encode_rle", "decode_rle", "sample_rle", "rle_runs", "decode_png", "decode_data_url",
+           "encode_png", "bbox_xywh"]
 
 MAX_MASK_PNG_BYTES = 8 * 1024 * 1024
+MAX_MASK_PIXELS = 200_000_000
 
 
-def decode_rle(rle: dict) -> np.ndarray:
-    """HxW bool mask from a COCO RLE dict (compressed str counts or uncompressed list of ints)."""
+class MaskError(ValueError):
+    """A mask in a request is malformed: bad RLE, unreadable PNG or base64 (the server answers 422)."""
+
+
+def rle_runs(rle: dict) -> tuple[int, int, np.ndarray]:
+    """(height, width, run lengths) of a COCO RLE dict, checked: runs are >= 0 and sum to exactly height*width.
+
+    Both forms are accepted: compressed (``counts`` a str) and uncompressed (a list of ints).
+    Raises :class:`MaskError` otherwise, so no mask is ever built from runs that do not cover it.
+    """
     try:
         size = [int(v) for v in rle["size"]]
         counts = rle["counts"]
     except (KeyError, TypeError, ValueError) as error:
-        raise ValueError("RLE must have 'size' [height, width] and 'counts'") from error
-    if len(size) != 2 or min(size) <= 0 or size[0] * size[1] > 200_000_000:
-        raise ValueError(f"RLE size {size} is invalid")
+        raise MaskError("RLE must have 'size' [height, width] and 'counts'") from error
+    if len(size) != 2 or min(size) <= 0 or size[0] * size[1] > MAX_MASK_PIXELS:
+        raise MaskError(f"RLE size {size} is invalid")
     height, width = size
-    if isinstance(counts, list):
-        runs = np.asarray(counts, dtype=np.int64)
-        if runs.size and (runs.min() < 0 or runs.sum() != height * width):
-            raise ValueError("uncompressed RLE counts must be non-negative and sum to height*width")
-        values = np.zeros(runs.size, dtype=np.uint8)
-        values[1::2] = 1
-        flat = np.repeat(values, runs)
-        return flat.reshape((width, height)).T.astype(bool)
-    if not isinstance(counts, str):
-        raise ValueError("RLE counts must be a string or a list of integers")
-    runs = _counts_from_string(counts)
-    if runs.size and (runs.min() < 0 or runs.sum() != height * width):
-        raise ValueError("RLE counts do not match the RLE size")
-    # Validated in Python first: pycocotools' C decoder does not bounds-check malformed input.
-    return mask_utils.decode({"size": [height, width], "counts": counts.encode("ascii")}).astype(bool)
+    if isinstance(counts, str):
+        values: list[int] = _counts_from_string(counts)
+    elif isinstance(counts, list):
+        values = counts
+    else:
+        raise MaskError("RLE counts must be a string or a list of integers")
+    total = height * width
+    runs = np.asarray(values) if values else np.zeros(0, dtype=np.int64)
+    if runs.ndim != 1 or runs.dtype.kind not in "iu":
+        raise MaskError("RLE counts must be a string or a list of integers")
+    runs = runs.astype(np.int64)
+    if runs.size and (int(runs.min()) < 0 or int(runs.max()) > total):
+        raise MaskError(f"RLE counts must be between 0 and height*width = {total}")
+    if int(runs.sum()) != total:
+        raise MaskError(f"RLE counts sum to {int(runs.sum())} but a {width}x{height} mask has {total} pixels")
+    return height, width, runs
 
 
-def _counts_from_string(counts: str) -> np.ndarray:
+def decode_rle(rle: dict) -> np.ndarray:
+    """HxW bool mask of a COCO RLE dict (see :func:`rle_runs`); Fortran-ordered, as RLE is column-major."""
+    height, width, runs = rle_runs(rle)
+    values = np.zeros(runs.size, dtype=np.uint8)
+    values[1::2] = 1
+    column_major = np.repeat(values, runs)  # exactly height*width entries: rle_runs checked the sum
+    return column_major.reshape((width, height)).T.view(np.bool_)
+
+
+def sample_rle(rle: dict, width: int, height: int) -> np.ndarray:
+    """The RLE's mask at (height, width) by nearest-pixel sampling, without building the full-size mask.
+
+    Memory is proportional to the output and the number of runs, not to the RLE's size, so a
+    reference or preview of a huge image costs what its small version costs.
+    """
+    full_h, full_w, runs = rle_runs(rle)
+    if (full_h, full_w) == (height, width):
+        return decode_rle(rle)
+    ends = np.cumsum(runs)
+    xs = np.minimum(((np.arange(width) + 0.5) * (full_w / width)).astype(np.int64), full_w - 1)
+    ys = np.minimum(((np.arange(height) + 0.5) * (full_h / height)).astype(np.int64), full_h - 1)
+    index = xs[None, :] * full_h + ys[:, None]  # column-major pixel index of each sample
+    return np.searchsorted(ends, index, side="right") % 2 == 1
+
+
+def _counts_from_string(counts: str) -> list[int]:
     """Run lengths of a COCO compressed RLE string (the LEB128-like scheme of maskApi.c)."""
     if not counts.isascii() or len(counts) > 50_000_000:
-        raise ValueError("RLE counts string is not ASCII or too long")
+        raise MaskError("RLE counts string is not ASCII or too long")
     runs: list[int] = []
     position = 0
     while position < len(counts):
         value, shift, more = 0, 0, True
         while more:
             if position >= len(counts):
-                raise ValueError("RLE counts string ends in the middle of a number")
+                raise MaskError("RLE counts string ends in the middle of a number")
             code = ord(counts[position]) - 48
             if not 0 <= code < 64:
-                raise ValueError("RLE counts string has an invalid character")
+                raise MaskError("RLE counts string has an invalid character")
             value |= (code & 0x1F) << (5 * shift)
             more = bool(code & 0x20)
             position += 1
@@ -67,7 +102,7 @@ def _counts_from_string(counts: str) -> np.ndarray:
         if len(runs) > 2:
             value += runs[-2]
         runs.append(value)
-    return np.asarray(runs, dtype=np.int64)
+    return runs
 
 
 def decode_png(data: bytes, expected_shape: tuple[int, int] | None = None) -> np.ndarray:
@@ -76,22 +111,22 @@ def decode_png(data: bytes, expected_shape: tuple[int, int] | None = None) -> np
     With ``expected_shape`` (height, width) the size is checked from the header, before decoding.
     """
     if len(data) > MAX_MASK_PNG_BYTES:
-        raise ValueError(f"mask PNG is larger than {MAX_MASK_PNG_BYTES} bytes")
+        raise MaskError(f"mask PNG is larger than {MAX_MASK_PNG_BYTES} bytes")
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             if expected_shape is not None and (height, width) != tuple(expected_shape):
-                raise ValueError(f"mask PNG is {width}x{height} but the image is {expected_shape[1]}x{expected_shape[0]}")
-            if width * height > 200_000_000:
-                raise ValueError(f"mask PNG is {width}x{height}, too large")
+                raise MaskError(f"mask PNG is {width}x{height} but the image is {expected_shape[1]}x{expected_shape[0]}")
+            if width * height > MAX_MASK_PIXELS:
+                raise MaskError(f"mask PNG is {width}x{height}, too large")
             image.load()
             if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
                 return np.asarray(image.convert("RGBA"))[:, :, 3] > 127
             return np.asarray(image.convert("L")) > 127
-    except ValueError:
+    except MaskError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ValueError(f"mask is not a readable PNG: {error}") from error
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise MaskError(f"mask is not a readable PNG: {error}") from error
 
 
 def decode_data_url(data_url: str) -> bytes:
@@ -100,7 +135,7 @@ def decode_data_url(data_url: str) -> bytes:
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError) as error:
-        raise ValueError("mask PNG is not valid base64") from error
+        raise MaskError("mask PNG is not valid base64") from error
 
 
 def encode_png(mask: np.ndarray) -> bytes:
@@ -111,8 +146,9 @@ def encode_png(mask: np.ndarray) -> bytes:
 
 
 def bbox_xywh(mask: np.ndarray) -> list[int]:
-    """Tight [x, y, width, height] box of a mask; zeros if empty."""
-    ys, xs = np.nonzero(mask)
-    if xs.size == 0:
+    """Tight [x, y, width, height] box of a mask; zeros if empty (no per-pixel index arrays are built)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if cols.size == 0:
         return [0, 0, 0, 0]
-    return [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from refcut.app.images import ImageLoadError, list_image_files, oriented_size, resolve_inside
+from refcut.app.images import ImageCache, ImageLoadError, Scaled, check_image, list_image_files, resolve_inside
 from refcut.app.masks import decode_png, encode_rle
 from refcut.app.storage import ImageRow, ProjectStorage
+
+logger = logging.getLogger(__name__)
 
 DEMO_ASSETS = Path(__file__).resolve().parents[1] / "assets" / "demo"
 
@@ -28,6 +31,7 @@ class Project:
     project_dir: Path
     images_dir: Path
     storage: ProjectStorage
+    cache: ImageCache = field(default_factory=ImageCache, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -37,11 +41,30 @@ class Project:
         """Absolute path of a registered image, checked to be inside the image folder."""
         path = resolve_inside(self.images_dir, image.path)
         if not path.is_file():
-            raise FileNotFoundError(f"image file {image.path} is no longer in {self.images_dir}")
+            raise FileNotFoundError(f"image file {image.path} is no longer in the image folder")
         return path
 
+    def load_scaled(self, image: ImageRow, max_side: int) -> Scaled:
+        """A registered image decoded with its long side at most ``max_side`` (cached; see :class:`ImageCache`)."""
+        if image.error:
+            raise ImageLoadError(image.error)
+        return self.cache.get(self.image_path(image), max_side, image.path)
+
+    def hide_paths(self, text: str) -> str:
+        """``text`` with this project's absolute folders replaced by paths relative to the project.
+
+        A file in the image folder is named by its path there (as the page lists images), one in
+        the project folder by its path in the project; the folders themselves by what they are.
+        """
+        folders = {str(self.images_dir): "the image folder", str(self.project_dir.resolve()): "the project folder",
+                   str(self.project_dir): "the project folder"}
+        for folder in sorted(folders, key=len, reverse=True):
+            if folder not in (".", ""):
+                text = text.replace(folder + os.sep, "").replace(folder, folders[folder])
+        return text
+
     def rescan(self) -> None:
-        """Register new images (reading only their headers) and flag vanished ones."""
+        """Register new images and flag vanished ones; a new image's data is checked to decode (cheaply)."""
         known = self.storage.known_image_paths()
         entries = []
         for rel in list_image_files(self.images_dir):
@@ -49,10 +72,10 @@ class Project:
                 entries.append((rel, *known[rel]))
                 continue
             try:
-                width, height = oriented_size(resolve_inside(self.images_dir, rel))
+                width, height = check_image(resolve_inside(self.images_dir, rel), rel)
                 entries.append((rel, width, height, None))
             except (ImageLoadError, ValueError, OSError) as error:
-                entries.append((rel, 0, 0, str(error)))
+                entries.append((rel, 0, 0, self.hide_paths(str(error))))
         self.storage.sync_images(entries)
 
 
@@ -107,24 +130,57 @@ def open_demo_project(project_dir: Path | None = None) -> Project:
 def export_project(project: Project, fmt: str, out_dir: Path, copy_images: bool = True, include_all: bool = False):
     """Write the project's live instances in ``fmt`` (see :data:`refcut.export.FORMATS`) under ``out_dir``.
 
-    Includes the images marked done (or every readable image with ``include_all``); images that
-    left the folder are skipped. Returns the exporter's :class:`~refcut.export.ExportSummary`.
+    Includes the images marked done (or every readable image with ``include_all``). No live
+    instance is left out silently: one on an image that left the folder, cannot be read or (when
+    copying images) resolves outside the image folder, or one whose label was deleted, is named
+    in the summary's warnings and counted as skipped. Returns the exporter's
+    :class:`~refcut.export.ExportSummary`.
     """
     from refcut.app.masks import decode_rle
     from refcut.export import ExportImage, ExportInstance, export_dataset_with_summary
 
     storage = project.storage
-    labels = storage.list_labels()
+    labels = storage.list_labels(include_deleted=True)
+    live = {label.id: label.name for label in labels if not label.deleted}
     names = {label.id: label.name for label in labels}
     by_image: dict[int, list] = {}
-    for annotation in storage.list_annotations():
+    for annotation in storage.list_annotations(include_deleted_labels=True):
         by_image.setdefault(annotation.image_id, []).append(annotation)
-    records = []
-    for image in storage.list_images():
-        if image.error is not None or not (include_all or image.done or image.id in by_image):
+    records, dropped, num_dropped = [], [], 0
+    for image in storage.list_images(include_missing=True):
+        annotations = by_image.get(image.id, [])
+        reason = None
+        if image.missing:
+            reason = "the image file is no longer in the image folder"
+        elif image.error is not None:
+            reason = f"the image cannot be read ({image.error})"
+        elif copy_images:
+            try:
+                project.image_path(image)
+            except (ValueError, FileNotFoundError) as error:
+                reason = project.hide_paths(str(error))
+        if reason is not None:
+            if annotations:
+                ids = ", ".join(str(a.id) for a in annotations)
+                dropped.append(f"{image.path}: {len(annotations)} instance(s) not exported (ids {ids}): {reason}")
+                num_dropped += len(annotations)
             continue
-        instances = [ExportInstance(label=names[a.label_id], mask=decode_rle(a.rle), score=a.score)
-                     for a in by_image.get(image.id, []) if a.label_id in names]
+        if not (include_all or image.done or annotations):
+            continue
+        instances = []
+        for annotation in annotations:
+            if annotation.label_id not in live:
+                dropped.append(f"{image.path}: instance {annotation.id} not exported: its label "
+                               f"{names.get(annotation.label_id, annotation.label_id)!r} was deleted")
+                num_dropped += 1
+                continue
+            instances.append(ExportInstance(label=live[annotation.label_id], mask=decode_rle(annotation.rle),
+                                            score=annotation.score))
         records.append(ExportImage(file_name=image.path, width=image.width, height=image.height, instances=instances))
-    return export_dataset_with_summary(records, [label.name for label in labels], fmt, Path(out_dir),
-                                       images_dir=project.images_dir if copy_images else None)
+    summary = export_dataset_with_summary(records, list(live.values()), fmt, Path(out_dir),
+                                          images_dir=project.images_dir if copy_images else None)
+    for message in dropped:
+        logger.warning("export %s: %s", fmt, message)
+    summary.warnings[:0] = dropped
+    summary.num_skipped += num_dropped
+    return summary

@@ -1,7 +1,16 @@
 """HTTP routes of the annotation app (FastAPI). Build with :func:`create_app`.
 
 All coordinates are full-size pixels of the EXIF-oriented image; masks travel as COCO RLE
-(``{"size": [h, w], "counts": str}``) or as base64 PNG. Errors are 4xx JSON ``{"detail": reason}``.
+(``{"size": [h, w], "counts": str}``) or as base64 PNG. Errors are 4xx JSON ``{"detail": reason}``
+(a malformed mask is 422); paths in them are relative to the project.
+
+The app is meant for the user's own browser on the same machine, and guards against the web pages
+that browser visits: requests whose ``Host`` is not one the server is bound to are refused
+(DNS rebinding, :class:`~starlette.middleware.trustedhost.TrustedHostMiddleware`), state-changing
+requests from another origin are refused (:class:`CrossSiteGuard`, CSRF), every response carries
+a Content-Security-Policy that forbids inline script and framing (:class:`SecurityHeaders`), and
+requests that decode images or full-size masks run a few at a time (:class:`WorkLimiter`; a flood
+gets 503). There is no login: anyone who can reach the port can use it.
 """
 
 from __future__ import annotations
@@ -10,7 +19,10 @@ import io
 import logging
 import re
 import shutil
+import threading
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -21,17 +33,36 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.datastructures import Headers
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from refcut.app.images import ImageLoadError, downscale_for_model, load_rgb, resolve_inside
-from refcut.app.masks import bbox_xywh, decode_data_url, decode_png, decode_rle, encode_rle
+from refcut.app.images import ImageLoadError, browser_bytes, resolve_inside
+from refcut.app.masks import MaskError, bbox_xywh, decode_data_url, decode_png, decode_rle, encode_rle, sample_rle
 from refcut.app.project import Project, export_project
-from refcut.app.service import MAX_CLICKS, ModelSession, Prediction
+from refcut.app.service import MAX_CLICKS, ModelSession, Prediction, check_clicks
 from refcut.app.storage import AnnotationRow, Conflict, ImageRow, LabelRow, NotFound, ReferenceRow
 
 logger = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 MAX_BODY_BYTES = 16 * 1024 * 1024
 EXPORT_NAME = re.compile(r"^[a-z-]+-\d{8}-\d{6}(-\d+)?\.zip$")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+HEAVY_SLOTS = 2
+"""Requests that decode images or full-size masks running at once (each is bounded in memory)."""
+HEAVY_QUEUE = 16
+"""Further heavy requests that may wait for a slot; beyond that they get 503 at once."""
+HEAVY_WAIT_S = 60.0
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+                           "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+                           "frame-ancestors 'none'")
+SECURITY_HEADERS = (
+    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+)
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 # -- request bodies ------------------------------------------------------------------------------
@@ -163,16 +194,97 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
 
+class CrossSiteGuard:
+    """ASGI middleware: 403 for a state-changing request another site sends from the user's browser (CSRF).
+
+    Any method but GET/HEAD/OPTIONS is refused when its ``Origin`` header is present and is not
+    this server's own origin (scheme + the ``Host`` the request was sent to, checked against the
+    allowed hosts before this runs), or when ``Sec-Fetch-Site`` says the request comes from another
+    site (``cross-site``; also ``same-site``, which includes other ports on localhost). Browsers
+    send these headers on every cross-origin write; clients that send neither (curl, scripts) pass.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
+            return await self.app(scope, receive, send)
+        headers = Headers(scope=scope)
+        origin = headers.get("origin")
+        own = f"{scope.get('scheme', 'http')}://{headers.get('host', '')}".lower()
+        fetch_site = headers.get("sec-fetch-site", "").lower()
+        if origin is not None and origin.lower() != own:
+            reason = f"cross-site request refused: Origin {origin!r} is not this app ({own})"
+        elif fetch_site in ("cross-site", "same-site"):
+            reason = f"cross-site request refused: Sec-Fetch-Site is {fetch_site!r}"
+        else:
+            return await self.app(scope, receive, send)
+        logger.warning("%s %s: %s", scope["method"], scope.get("path"), reason)
+        return await _error(403, reason)(scope, receive, send)
+
+
+class SecurityHeaders:
+    """ASGI middleware: the page's Content-Security-Policy (no inline script, no framing) and nosniff on every response."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                present = {name.lower() for name, _ in message.get("headers", [])}
+                extra = [(name, value) for name, value in SECURITY_HEADERS if name not in present]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class Busy(Exception):
+    """Too many heavy requests are running or waiting (answered 503 with Retry-After)."""
+
+
+class WorkLimiter:
+    """At most ``slots`` heavy requests run at once and ``queue`` more wait (up to ``wait_s``); the rest get :class:`Busy`."""
+
+    def __init__(self, slots: int = HEAVY_SLOTS, queue: int = HEAVY_QUEUE, wait_s: float = HEAVY_WAIT_S):
+        if slots < 1 or queue < 0:
+            raise ValueError("a work limiter needs at least one slot and a non-negative queue")
+        self.slots, self.queue, self.wait_s = slots, queue, wait_s
+        self._running = threading.BoundedSemaphore(slots)
+        self._admitted = threading.BoundedSemaphore(slots + queue)
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """Hold one of the slots for the block; raises :class:`Busy` when none frees up in time."""
+        if not self._admitted.acquire(blocking=False):
+            raise Busy(f"the server is busy: {self.slots} image requests are running and {self.queue} are waiting; "
+                       "try again in a moment")
+        try:
+            if not self._running.acquire(timeout=self.wait_s):
+                raise Busy(f"the server is busy: no image request finished within {self.wait_s:.0f} s; try again")
+            try:
+                yield
+            finally:
+                self._running.release()
+        finally:
+            self._admitted.release()
+
+
 # -- helpers -------------------------------------------------------------------------------------
 def _mask_from(payload: MaskIn, image: ImageRow, what: str) -> np.ndarray:
     if payload.rle is not None:
         if list(payload.rle.size) != [image.height, image.width]:
-            raise ValueError(f"{what} is {payload.rle.size[1]}x{payload.rle.size[0]} but the image is {image.width}x{image.height}")
+            raise MaskError(f"{what} is {payload.rle.size[1]}x{payload.rle.size[0]} but the image is {image.width}x{image.height}")
         mask = decode_rle(payload.rle.model_dump())
     else:
         mask = decode_png(decode_data_url(payload.png or ""), (image.height, image.width))
     if mask.shape != (image.height, image.width):
-        raise ValueError(f"{what} is {mask.shape[1]}x{mask.shape[0]} but the image is {image.width}x{image.height}")
+        raise MaskError(f"{what} is {mask.shape[1]}x{mask.shape[0]} but the image is {image.width}x{image.height}")
     return mask
 
 
@@ -202,7 +314,7 @@ def _annotation_json(annotation: AnnotationRow) -> dict:
 
 def _prediction_json(prediction: Prediction) -> dict:
     mask = prediction.mask
-    return {"token": prediction.token, "mask": encode_rle(mask), "area": int(mask.sum()), "bbox": bbox_xywh(mask),
+    return {"token": prediction.token, "mask": encode_rle(mask), "area": int(np.count_nonzero(mask)), "bbox": bbox_xywh(mask),
             "score": round(prediction.score, 4), "used_reference": prediction.used_reference,
             "elapsed_ms": round(prediction.elapsed_ms, 1)}
 
@@ -213,35 +325,56 @@ def _error(status: int, detail: str) -> JSONResponse:
 
 # -- the app -------------------------------------------------------------------------------------
 def create_app(project: Project, session: ModelSession | None, model_name: str = "",
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    """The FastAPI app serving ``project``; ``session`` None means no model (clicks return 503)."""
-    app = FastAPI(title="RefCut annotate", docs_url="/api/docs", redoc_url=None, openapi_url="/api/openapi.json")
+               max_body_bytes: int = MAX_BODY_BYTES, hosts: Sequence[str] = (),
+               heavy_slots: int = HEAVY_SLOTS, heavy_queue: int = HEAVY_QUEUE) -> FastAPI:
+    """The FastAPI app serving ``project``; ``session`` None means no model (clicks return 503).
+
+    ``hosts`` are the names the page may be opened under besides 127.0.0.1, localhost and [::1]
+    (``refcut annotate`` passes its ``--host``); a request for any other ``Host`` gets 400.
+    ``heavy_slots`` / ``heavy_queue`` size the :class:`WorkLimiter` of image and mask requests.
+    """
+    # No /api/docs: FastAPI's docs page loads its script from a CDN, which the page's CSP forbids.
+    app = FastAPI(title="RefCut annotate", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     storage = project.storage
     exports_dir = project.project_dir / "exports"
+    heavy = WorkLimiter(heavy_slots, heavy_queue).slot
+
+    def fail(status: int, error: BaseException | str) -> JSONResponse:
+        return _error(status, project.hide_paths(str(error)))
 
     @app.exception_handler(NotFound)
     async def not_found(_: Request, error: NotFound):
-        return _error(404, str(error))
+        return fail(404, error)
 
     @app.exception_handler(FileNotFoundError)
     async def file_missing(_: Request, error: FileNotFoundError):
-        return _error(404, str(error))
+        return fail(404, error)
 
     @app.exception_handler(Conflict)
     async def conflict(_: Request, error: Conflict):
-        return _error(409, str(error))
+        return fail(409, error)
 
     @app.exception_handler(ImageLoadError)
     async def bad_image(_: Request, error: ImageLoadError):
-        return _error(422, str(error))
+        return fail(422, error)
+
+    @app.exception_handler(MaskError)
+    async def bad_mask(_: Request, error: MaskError):
+        return fail(422, error)
 
     @app.exception_handler(ValueError)
     async def bad_value(_: Request, error: ValueError):
-        return _error(400, str(error))
+        return fail(400, error)
 
     @app.exception_handler(OverflowError)
     async def overflow(_: Request, error: OverflowError):
-        return _error(400, f"a number in the request is out of range: {error}")
+        return fail(400, f"a number in the request is out of range: {error}")
+
+    @app.exception_handler(Busy)
+    async def busy(_: Request, error: Busy):
+        response = fail(503, error)
+        response.headers["Retry-After"] = "2"
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, error: RequestValidationError):
@@ -252,11 +385,12 @@ def create_app(project: Project, session: ModelSession | None, model_name: str =
                 continue
             where = ".".join(str(part) for part in item.get("loc", ()) if part != "body")
             reasons.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
-        return _error(422, "invalid request: " + "; ".join(reasons))
+        return fail(422, "invalid request: " + "; ".join(reasons))
 
     def require_session() -> ModelSession:
         if session is None:
             raise _NoModel()
+        return session
 
     @app.exception_handler(_NoModel)
     async def no_model(_: Request, __: _NoModel):
@@ -278,7 +412,8 @@ def create_app(project: Project, session: ModelSession | None, model_name: str =
 
     @app.post("/api/images/rescan")
     def rescan() -> dict:
-        project.rescan()
+        with heavy():
+            project.rescan()
         return list_images()
 
     @app.get("/api/images/{image_id}")
@@ -286,13 +421,13 @@ def create_app(project: Project, session: ModelSession | None, model_name: str =
         return _image_json(storage.get_image(image_id))
 
     def send_image(image: ImageRow) -> Response:
+        """The image as the browser shows it: the file itself when it can (judged from its header), else a PNG."""
         if image.error:
             raise ImageLoadError(image.error)
         path = project.image_path(image)
-        from refcut.app.images import browser_bytes
-
-        data, media_type = browser_bytes(path)
         headers = {"Cache-Control": "no-cache"}
+        with heavy():
+            data, media_type = browser_bytes(path, image.path)
         if data is None:
             return FileResponse(path, media_type=media_type, headers=headers)
         return Response(data, media_type=media_type, headers=headers)
@@ -334,6 +469,13 @@ def create_app(project: Project, session: ModelSession | None, model_name: str =
         storage.delete_label(label_id, force)
         return {"deleted": label_id}
 
+    @app.post("/api/labels/{label_id}/restore")
+    def restore_label(label_id: int) -> dict:
+        """Undo a label deletion: the label and the instances deleted with it come back."""
+        label = storage.restore_label(label_id)
+        done, total = storage.progress()
+        return {"label": _label_json(label), "progress": {"done": done, "total": total}}
+
     # -- references -------------------------------------------------------------------------
     @app.get("/api/labels/{label_id}/reference")
     def get_reference(label_id: int) -> dict:
@@ -356,22 +498,21 @@ def create_app(project: Project, session: ModelSession | None, model_name: str =
     def set_reference(label_id: int, body: ReferenceIn) -> dict:
         storage.get_label(label_id)
         image = storage.get_image(body.image_id)
-        positive = _mask_from(body.positive, image, "positive mask")
-        negative = _mask_from(body.negative, image, "negative mask") if body.negative else None
-        return store_reference(label_id, image.id, positive, negative)
+        with heavy():
+            positive = _mask_from(body.positive, image, "positive mask")
+            negative = _mask_from(body.negative, image, "negative mask") if body.negative else None
+            return store_reference(label_id, image.id, positive, negative)
 
     @app.post("/api/labels/{label_id}/reference/upload")
     def upload_reference(label_id: int, image_id: Annotated[int, Form()], positive: Annotated[UploadFile, File()],
                          negative: Annotated[UploadFile | None, File()] = None) -> dict:
         storage.get_label(label_id)
         image = storage.get_image(image_id)
-        masks = []
-        for name, upload in (("positive", positive), ("negative", negative)):
-            if upload is None:
-                masks.append(None)
-                continue
-            masks.append(decode_png(upload.file.read(), (image.height, image.width)))
-        return store_reference(label_id, image.id, masks[0], masks[1])
+        with heavy():
+            masks = []
+            for upload in (positive, negative):
+                masks.append(None if upload is None else decode_png(upload.file.read(), (image.height, image.width)))
+            return store_reference(label_id, image.id, masks[0], masks[1])
 
     @app.post("/api/labels/{label_id}/reference/undo")
     def undo_reference(label_id: int) -> dict:
@@ -379,40 +520,48 @@ def create_app(project: Project, session: ModelSession | None, model_name: str =
 
     @app.get("/api/labels/{label_id}/reference/preview.png")
     def reference_preview(label_id: int, max_side: int = Query(default=240, ge=16, le=2048)) -> Response:
+        """The reference image at most ``max_side`` a side with its masks drawn over it (never decoded at full size)."""
         reference = storage.current_reference(label_id)
         if reference is None:
             raise NotFound(f"label {label_id} has no reference")
-        rgb = load_rgb(project.image_path(storage.get_image(reference.image_id)))
-        positive = decode_rle(reference.positive_rle)
-        negative = decode_rle(reference.negative_rle) if reference.negative_rle else np.zeros_like(positive)
-        overlay = rgb.astype(np.float32)
-        overlay[positive] = 0.45 * overlay[positive] + 0.55 * np.array([40, 220, 60])
-        overlay[negative] = 0.45 * overlay[negative] + 0.55 * np.array([235, 40, 40])
-        small, _ = downscale_for_model(np.clip(overlay, 0, 255).astype(np.uint8), max_side)
-        buffer = io.BytesIO()
-        Image.fromarray(small).save(buffer, format="PNG")
+        with heavy():
+            small = project.load_scaled(storage.get_image(reference.image_id), max_side).rgb
+            height, width = small.shape[:2]
+            positive = sample_rle(reference.positive_rle, width, height)
+            overlay = small.astype(np.float32)
+            overlay[positive] = 0.45 * overlay[positive] + 0.55 * np.array([40, 220, 60])
+            if reference.negative_rle:
+                negative = sample_rle(reference.negative_rle, width, height)
+                overlay[negative] = 0.45 * overlay[negative] + 0.55 * np.array([235, 40, 40])
+            buffer = io.BytesIO()
+            Image.fromarray(np.clip(overlay, 0, 255).astype(np.uint8)).save(buffer, format="PNG")
         return Response(buffer.getvalue(), media_type="image/png", headers={"Cache-Control": "no-cache"})
 
     # -- clicks, proposals ------------------------------------------------------------------
     @app.post("/api/predict")
     def predict(body: PredictIn) -> dict:
-        require_session()
+        model = require_session()
         if body.label_id is not None:
             storage.get_label(body.label_id)
         clicks = [(click.x, click.y, click.positive) for click in body.clicks]
-        prediction = session.predict(body.image_id, body.label_id, clicks, body.prev_token, body.use_reference)
-        return _prediction_json(prediction)
+        with heavy():
+            prediction = model.predict(body.image_id, body.label_id, clicks, body.prev_token, body.use_reference)
+            return _prediction_json(prediction)
 
-    @app.post("/api/propose")
-    def propose(body: ProposeIn) -> dict:
-        require_session()
-        storage.get_label(body.label_id)
-        proposal = session.propose(body.image_id, body.label_id)
-        result: dict = {"image_id": body.image_id, "point": None, "reason": proposal.reason, "prediction": None}
+    def proposal_json(model: ModelSession, image_id: int, label_id: int) -> dict:
+        proposal = model.propose(image_id, label_id)
+        result: dict = {"image_id": image_id, "point": None, "reason": proposal.reason, "prediction": None}
         if proposal.point is not None and proposal.prediction is not None:
             result["point"] = {"x": proposal.point[0], "y": proposal.point[1], "positive": True}
             result["prediction"] = _prediction_json(proposal.prediction)
         return result
+
+    @app.post("/api/propose")
+    def propose(body: ProposeIn) -> dict:
+        model = require_session()
+        storage.get_label(body.label_id)
+        with heavy():
+            return proposal_json(model, body.image_id, body.label_id)
 
     @app.get("/api/queue")
     def queue(label_id: int) -> dict:
@@ -421,16 +570,22 @@ def create_app(project: Project, session: ModelSession | None, model_name: str =
 
     @app.post("/api/propose/batch")
     def propose_batch(body: BatchProposeIn) -> dict:
-        """Proposals for unannotated images of a label (the review queue), computed one after another."""
-        require_session()
+        """Proposals for unannotated images of a label (the review queue), one after another.
+
+        An image that cannot be proposed on (unknown id, unreadable or missing file, ...) gets its
+        reason in its entry and the batch goes on.
+        """
+        model = require_session()
         storage.get_label(body.label_id)
         image_ids = body.image_ids if body.image_ids is not None else storage.images_without_label(body.label_id)
         results = []
-        for image_id in image_ids[: body.limit]:
-            try:
-                results.append(propose(ProposeIn(image_id=image_id, label_id=body.label_id)))
-            except (ImageLoadError, NotFound, FileNotFoundError) as error:
-                results.append({"image_id": image_id, "point": None, "reason": str(error), "prediction": None})
+        with heavy():
+            for image_id in image_ids[: body.limit]:
+                try:
+                    results.append(proposal_json(model, image_id, body.label_id))
+                except (ValueError, LookupError, OSError, OverflowError) as error:
+                    results.append({"image_id": image_id, "point": None, "reason": project.hide_paths(str(error)),
+                                    "prediction": None})
         return {"label_id": body.label_id, "proposals": results, "remaining": max(0, len(image_ids) - body.limit)}
 
     # -- instances --------------------------------------------------------------------------
@@ -438,13 +593,17 @@ def create_app(project: Project, session: ModelSession | None, model_name: str =
     def accept(body: AcceptIn) -> dict:
         image = storage.get_image(body.image_id)
         storage.get_label(body.label_id)
-        mask = _mask_from(body.mask, image, "mask")
-        area = int(mask.sum())
-        if area == 0:
-            raise ValueError("the mask is empty: nothing to save")
-        clicks = [click.model_dump() for click in body.clicks]
-        annotation, reference = storage.add_annotation(image.id, body.label_id, encode_rle(mask), clicks, area,
-                                                       bbox_xywh(mask), body.score)
+        if image.error:
+            raise ImageLoadError(image.error)
+        check_clicks([(click.x, click.y) for click in body.clicks], image.width, image.height)
+        with heavy():
+            mask = _mask_from(body.mask, image, "mask")
+            area = int(np.count_nonzero(mask))
+            if area == 0:
+                raise ValueError("the mask is empty: nothing to save")
+            clicks = [click.model_dump() for click in body.clicks]
+            annotation, reference = storage.add_annotation(image.id, body.label_id, encode_rle(mask), clicks, area,
+                                                           bbox_xywh(mask), body.score)
         done, total = storage.progress()
         return {"annotation": _annotation_json(annotation), "reference_set": _reference_json(reference),
                 "progress": {"done": done, "total": total}}
@@ -477,11 +636,13 @@ def create_app(project: Project, session: ModelSession | None, model_name: str =
         while (exports_dir / name).exists():
             suffix += 1
             name = f"{body.format}-{stamp}-{suffix}"
-        summary = export_project(project, body.format, exports_dir / name, copy_images=body.copy_images)
-        archive = shutil.make_archive(str(exports_dir / name), "zip", root_dir=exports_dir / name)
+        with heavy():
+            summary = export_project(project, body.format, exports_dir / name, copy_images=body.copy_images)
+            archive = shutil.make_archive(str(exports_dir / name), "zip", root_dir=exports_dir / name)
         return {"format": body.format, "path": str(summary.path), "out_dir": str(summary.out_dir),
                 "images": summary.num_images, "instances": summary.num_instances, "skipped": summary.num_skipped,
-                "warnings": summary.warnings[:20], "download": f"/api/exports/{Path(archive).name}"}
+                "warnings": [project.hide_paths(w) for w in summary.warnings[:20]],
+                "download": f"/api/exports/{Path(archive).name}"}
 
     @app.get("/api/exports/{name}")
     def download_export(name: str) -> FileResponse:
@@ -495,8 +656,24 @@ def create_app(project: Project, session: ModelSession | None, model_name: str =
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    # Added innermost first: a request meets the host check, then the origin check, then the body limit.
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    app.add_middleware(CrossSiteGuard)
+    app.add_middleware(SecurityHeaders)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(hosts), www_redirect=False)
     return app
+
+
+def allowed_hosts(hosts: Sequence[str] = ()) -> list[str]:
+    """Host names the app answers to: the loopback names plus ``hosts`` (IPv6 literals bracketed, as in a Host header)."""
+    names = list(LOOPBACK_HOSTS)
+    for host in hosts:
+        host = host.strip().lower()
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        if host and host not in names:
+            names.append(host)
+    return names
 
 
 class _NoModel(Exception):

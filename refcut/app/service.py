@@ -3,13 +3,15 @@
 The predictor is not thread-safe, so every model call runs on a single worker thread behind a
 lock. The session keeps the current image set (``set_image`` only when the image changes) and the
 current reference (``set_reference`` again only when the label's reference changes; the predictor
-caches reference features itself). Large images are downscaled for the model (long side at most
-``max_side``) and masks are returned at the image's full size. Clicks and masks are always in
+caches reference features itself). Large images are decoded for the model at reduced size (long
+side at most ``max_side``, through the project's image cache, never at full size) and masks are
+returned at the image's full size, built at one byte per pixel. Clicks and masks are always in
 full-size pixel coordinates of the EXIF-oriented image.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import uuid
@@ -21,8 +23,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from refcut.app.images import downscale_for_model, load_rgb, resize_mask, resize_prob
-from refcut.app.masks import decode_rle
+from refcut.app.images import ImageLoadError, upscale_prob_mask
+from refcut.app.masks import sample_rle
 from refcut.app.project import Project
 from refcut.app.storage import ReferenceRow
 from refcut.predictor.base import InteractivePredictor
@@ -64,7 +66,8 @@ class ModelSession:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refcut-model")
         self._lock = threading.Lock()
         self._image_key: tuple | None = None
-        self._image_shape: tuple[int, int] = (0, 0)
+        self._image_shape: tuple[int, int] = (0, 0)  # full size (height, width)
+        self._small_shape: tuple[int, int] = (0, 0)  # what the predictor sees
         self._scale = 1.0
         self._reference_key: tuple | None = ("unset",)
         self._tokens: OrderedDict[str, tuple[int, np.ndarray]] = OrderedDict()
@@ -87,14 +90,16 @@ class ModelSession:
     # -- state syncing (worker thread only) --------------------------------------------------
     def _ensure_image(self, image_id: int) -> None:
         image = self.project.storage.get_image(image_id)
+        if image.error:
+            raise ImageLoadError(image.error)
         path = self.project.image_path(image)
         key = (image_id, path.stat().st_mtime_ns)
         if key == self._image_key:
             return
-        full = load_rgb(path)
-        small, scale = downscale_for_model(full, self.max_side)
-        self.predictor.set_image(small)
-        self._image_key, self._image_shape, self._scale = key, full.shape[:2], scale
+        scaled = self.project.load_scaled(image, self.max_side)
+        self.predictor.set_image(scaled.rgb)
+        self._image_key, self._scale = key, scaled.scale
+        self._image_shape, self._small_shape = (scaled.height, scaled.width), scaled.rgb.shape[:2]
 
     def _ensure_reference(self, reference: ReferenceRow | None) -> None:
         key = None if reference is None else ("ref", reference.id)
@@ -103,16 +108,14 @@ class ModelSession:
         if reference is None:
             self.predictor.clear_reference()
         else:
-            path = self.project.image_path(self.project.storage.get_image(reference.image_id))
-            full = load_rgb(path)
-            small, _ = downscale_for_model(full, self.max_side)
-            height, width = small.shape[:2]
-            positive = decode_rle(reference.positive_rle)
-            negative = decode_rle(reference.negative_rle) if reference.negative_rle else None
-            if positive.shape != full.shape[:2]:
-                raise ValueError(f"reference mask is {positive.shape}, its image is {full.shape[:2]}")
-            self.predictor.set_reference(small, resize_mask(positive, width, height),
-                                         None if negative is None else resize_mask(negative, width, height))
+            scaled = self.project.load_scaled(self.project.storage.get_image(reference.image_id), self.max_side)
+            height, width = scaled.rgb.shape[:2]
+            if list(reference.positive_rle["size"]) != [scaled.height, scaled.width]:
+                raise ValueError(f"reference mask is {reference.positive_rle['size']}, its image is "
+                                 f"{[scaled.height, scaled.width]}")
+            positive = sample_rle(reference.positive_rle, width, height)  # never built at full size
+            negative = sample_rle(reference.negative_rle, width, height) if reference.negative_rle else None
+            self.predictor.set_reference(scaled.rgb, positive, negative)
         self._reference_key = key
 
     def _reference_for(self, label_id: int | None, use_reference: bool) -> ReferenceRow | None:
@@ -126,7 +129,7 @@ class ModelSession:
         self._ensure_image(image_id)
         self._ensure_reference(reference)
         height, width = self._image_shape
-        small_h, small_w = round(height * self._scale), round(width * self._scale)
+        small_h, small_w = self._small_shape
         coords = np.array([[min(x * self._scale, small_w - 1), min(y * self._scale, small_h - 1)] for x, y, _ in clicks],
                           dtype=np.float64)
         labels = np.array([1 if positive else 0 for *_, positive in clicks], dtype=np.int64)
@@ -137,13 +140,16 @@ class ModelSession:
                 prev = cached[1].astype(np.float32)
         result = self.predictor.predict(coords, labels, prev)
         prob_small = np.asarray(result.prob, dtype=np.float32)
-        prob_full = resize_prob(prob_small, width, height)
-        mask = prob_full > self.threshold if self._scale < 1.0 else np.asarray(result.mask, dtype=bool)
+        if self._scale < 1.0:
+            mask = upscale_prob_mask(prob_small, width, height, self.threshold)
+            inside = prob_small > self.threshold
+        else:
+            mask = inside = np.asarray(result.mask, dtype=bool)
+        score = float(prob_small[inside].mean()) if inside.any() else 0.0
         token = uuid.uuid4().hex
         self._tokens[token] = (image_id, prob_small.astype(np.float16))
         while len(self._tokens) > self._token_cache_size:
             self._tokens.popitem(last=False)
-        score = float(prob_full[mask].mean()) if mask.any() else 0.0
         return Prediction(token=token, mask=mask, score=score, used_reference=reference is not None,
                           elapsed_ms=(time.perf_counter() - start) * 1000)
 
@@ -152,7 +158,11 @@ class ModelSession:
                 prev_token: str | None = None, use_reference: bool = True) -> Prediction:
         """Mask for ``clicks`` [(x, y, positive)] on an image, guided by the label's reference if it has one."""
         image = self.project.storage.get_image(image_id)
-        _check_clicks(clicks, image.width, image.height)
+        if image.error:
+            raise ImageLoadError(image.error)
+        if not clicks or len(clicks) > MAX_CLICKS:
+            raise ValueError(f"give 1 to {MAX_CLICKS} clicks per prediction")
+        check_clicks([(x, y) for x, y, _ in clicks], image.width, image.height)
         reference = self._reference_for(label_id, use_reference)
         return self._run(lambda: self._predict_locked(image_id, reference, clicks, prev_token))
 
@@ -180,13 +190,11 @@ class ModelSession:
         return self._run(work)
 
 
-def _check_clicks(clicks: list[tuple[float, float, bool]], width: int, height: int) -> None:
-    if not clicks:
-        raise ValueError("give at least one click")
-    if len(clicks) > MAX_CLICKS:
-        raise ValueError(f"at most {MAX_CLICKS} clicks per prediction")
+def check_clicks(points: list[tuple[float, float]], width: int, height: int) -> None:
+    """ValueError unless every (x, y) is a finite pixel position inside a width x height image."""
     if width <= 0 or height <= 0:
-        raise ValueError("this image could not be read, so it cannot be segmented")
-    for x, y, _ in clicks:
-        if not (np.isfinite(x) and np.isfinite(y)) or not (0 <= x <= width - 1 and 0 <= y <= height - 1):
-            raise ValueError(f"click ({x}, {y}) lies outside the {width}x{height} image")
+        raise ValueError("this image could not be read, so it cannot take clicks")
+    for x, y in points:
+        if not (math.isfinite(x) and math.isfinite(y)) or not (0 <= x <= width - 1 and 0 <= y <= height - 1):
+            raise ValueError(f"click ({x}, {y}) lies outside the {width}x{height} image "
+                             "(clicks are finite pixel coordinates)")

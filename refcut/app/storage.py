@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 DB_NAME = "project.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: annotations.deleted_with_label (undo of a label deletion)
 DEFAULT_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45",
                    "#fabed4", "#469990")
 
@@ -64,7 +65,8 @@ CREATE TABLE IF NOT EXISTS annotations (
     score REAL,
     created_at REAL NOT NULL,
     deleted INTEGER NOT NULL DEFAULT 0,
-    deleted_at REAL
+    deleted_at REAL,
+    deleted_with_label INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS annotations_by_image ON annotations(image_id, deleted);
 """
@@ -99,6 +101,7 @@ class LabelRow:
     has_reference: bool = False
     reference_id: int | None = None
     instances: int = 0
+    deleted: bool = False
 
 
 @dataclass
@@ -136,7 +139,11 @@ class ProjectStorage:
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(SCHEMA)
-            conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            columns = {row["name"] for row in conn.execute("PRAGMA table_info(annotations)")}
+            if "deleted_with_label" not in columns:  # a version-1 project
+                conn.execute("ALTER TABLE annotations ADD COLUMN deleted_with_label INTEGER NOT NULL DEFAULT 0")
+            conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?) "
+                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (str(SCHEMA_VERSION),))
 
     # -- connections -------------------------------------------------------------------------
     @contextmanager
@@ -213,9 +220,15 @@ class ProjectStorage:
         return self._image(row, 0)
 
     def set_done(self, image_id: int, done: bool) -> None:
+        """Mark an image done (or not); an image that is missing or cannot be read cannot be marked done."""
         with self._write() as conn:
-            if conn.execute("UPDATE images SET done = ? WHERE id = ?", (int(done), image_id)).rowcount == 0:
+            row = conn.execute("SELECT path, missing, error FROM images WHERE id = ?", (image_id,)).fetchone()
+            if row is None:
                 raise NotFound(f"image {image_id} does not exist")
+            if done and (row["missing"] or row["error"]):
+                why = "is no longer in the image folder" if row["missing"] else f"cannot be read ({row['error']})"
+                raise Conflict(f"image {row['path']} {why}, so it cannot be marked done")
+            conn.execute("UPDATE images SET done = ? WHERE id = ?", (int(done), image_id))
 
     def progress(self) -> tuple[int, int]:
         """(images done, images total) over images present in the folder."""
@@ -229,16 +242,18 @@ class ProjectStorage:
                         missing=bool(row["missing"]), error=row["error"], instances=int(instances))
 
     # -- labels ------------------------------------------------------------------------------
-    def list_labels(self) -> list[LabelRow]:
+    def list_labels(self, include_deleted: bool = False) -> list[LabelRow]:
+        """Live labels in display order (and the deleted ones too with ``include_deleted``)."""
         query = """SELECT l.*,
                      (SELECT r.id FROM label_references r WHERE r.label_id = l.id AND r.undone = 0
                       ORDER BY r.id DESC LIMIT 1) AS ref_id,
                      (SELECT COUNT(*) FROM annotations a WHERE a.label_id = l.id AND a.deleted = 0) AS n
-                   FROM labels l WHERE l.deleted = 0 ORDER BY l.sort_order, l.id"""
+                   FROM labels l {} ORDER BY l.sort_order, l.id"""
         with self._connect() as conn:
-            rows = conn.execute(query).fetchall()
+            rows = conn.execute(query.format("" if include_deleted else "WHERE l.deleted = 0")).fetchall()
         return [LabelRow(id=r["id"], name=r["name"], colour=r["colour"], order=r["sort_order"],
-                         has_reference=r["ref_id"] is not None, reference_id=r["ref_id"], instances=r["n"]) for r in rows]
+                         has_reference=r["ref_id"] is not None, reference_id=r["ref_id"], instances=r["n"],
+                         deleted=bool(r["deleted"])) for r in rows]
 
     def get_label(self, label_id: int) -> LabelRow:
         for label in self.list_labels():
@@ -247,10 +262,9 @@ class ProjectStorage:
         raise NotFound(f"label {label_id} does not exist")
 
     def create_label(self, name: str, colour: str | None = None) -> LabelRow:
-        name = _clean_label_name(name)
+        name = clean_label_name(name)
         with self._write() as conn:
-            if conn.execute("SELECT 1 FROM labels WHERE name = ? AND deleted = 0", (name,)).fetchone():
-                raise Conflict(f"a label named {name!r} already exists")
+            self._require_free_name(conn, name)
             count = conn.execute("SELECT COUNT(*) FROM labels").fetchone()[0]
             order = conn.execute("SELECT COALESCE(MAX(sort_order), -1) + 1 FROM labels WHERE deleted = 0").fetchone()[0]
             colour = colour or DEFAULT_COLOURS[count % len(DEFAULT_COLOURS)]
@@ -265,11 +279,8 @@ class ProjectStorage:
             if conn.execute("SELECT 1 FROM labels WHERE id = ? AND deleted = 0", (label_id,)).fetchone() is None:
                 raise NotFound(f"label {label_id} does not exist")
             if name is not None:
-                name = _clean_label_name(name)
-                clash = conn.execute("SELECT 1 FROM labels WHERE name = ? AND deleted = 0 AND id != ?",
-                                     (name, label_id)).fetchone()
-                if clash:
-                    raise Conflict(f"a label named {name!r} already exists")
+                name = clean_label_name(name)
+                self._require_free_name(conn, name, label_id)
                 conn.execute("UPDATE labels SET name = ? WHERE id = ?", (name, label_id))
             if colour is not None:
                 conn.execute("UPDATE labels SET colour = ? WHERE id = ?", (colour, label_id))
@@ -278,18 +289,54 @@ class ProjectStorage:
         return self.get_label(label_id)
 
     def delete_label(self, label_id: int, force: bool = False) -> None:
-        """Soft-delete a label; refuses while it has instances unless ``force`` (they are soft-deleted too)."""
+        """Soft-delete a label; refuses while it has instances unless ``force`` (they are soft-deleted with it).
+
+        Undo with :meth:`restore_label`, which brings back the label and exactly the instances deleted with it.
+        """
         with self._write() as conn:
             if conn.execute("SELECT 1 FROM labels WHERE id = ? AND deleted = 0", (label_id,)).fetchone() is None:
                 raise NotFound(f"label {label_id} does not exist")
-            used = conn.execute("SELECT COUNT(*) FROM annotations WHERE label_id = ? AND deleted = 0", (label_id,)).fetchone()[0]
-            if used and not force:
+            images = [row["image_id"] for row in conn.execute(
+                "SELECT DISTINCT image_id FROM annotations WHERE label_id = ? AND deleted = 0", (label_id,))]
+            if images and not force:
+                used = conn.execute("SELECT COUNT(*) FROM annotations WHERE label_id = ? AND deleted = 0",
+                                    (label_id,)).fetchone()[0]
                 raise Conflict(f"label {label_id} has {used} instances; delete them first or pass force")
-            now = time.time()
-            conn.execute("UPDATE annotations SET deleted = 1, deleted_at = ? WHERE label_id = ? AND deleted = 0",
-                         (now, label_id))
+            conn.execute("""UPDATE annotations SET deleted = 1, deleted_at = ?, deleted_with_label = 1
+                            WHERE label_id = ? AND deleted = 0""", (time.time(), label_id))
             conn.execute("UPDATE labels SET deleted = 1 WHERE id = ?", (label_id,))
-            self._refresh_done(conn, None)
+            for image_id in images:
+                self._refresh_done(conn, image_id)
+
+    def restore_label(self, label_id: int) -> LabelRow:
+        """Undo :meth:`delete_label`: the label and the instances deleted with it are live again.
+
+        Refused (Conflict) while a live label has the same name (up to case and invisible characters).
+        """
+        with self._write() as conn:
+            row = conn.execute("SELECT name, deleted FROM labels WHERE id = ?", (label_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"label {label_id} does not exist")
+            if not row["deleted"]:
+                raise Conflict(f"label {row['name']!r} is not deleted")
+            self._require_free_name(conn, row["name"], label_id)
+            images = [r["image_id"] for r in conn.execute(
+                "SELECT DISTINCT image_id FROM annotations WHERE label_id = ? AND deleted = 1 AND deleted_with_label = 1",
+                (label_id,))]
+            conn.execute("""UPDATE annotations SET deleted = 0, deleted_at = NULL, deleted_with_label = 0
+                            WHERE label_id = ? AND deleted = 1 AND deleted_with_label = 1""", (label_id,))
+            conn.execute("UPDATE labels SET deleted = 0 WHERE id = ?", (label_id,))
+            conn.executemany("UPDATE images SET done = 1 WHERE id = ?", [(image_id,) for image_id in images])
+        return self.get_label(label_id)
+
+    @staticmethod
+    def _require_free_name(conn: sqlite3.Connection, name: str, label_id: int | None = None) -> None:
+        """Conflict if a live label (other than ``label_id``) has ``name`` up to case and invisible characters."""
+        key = label_key(name)
+        for row in conn.execute("SELECT id, name FROM labels WHERE deleted = 0"):
+            if row["id"] != label_id and label_key(row["name"]) == key:
+                same = "named" if row["name"] == name else f"that differs from {name!r} only in case or invisible characters,"
+                raise Conflict(f"a label {same} {row['name']!r} already exists")
 
     # -- references --------------------------------------------------------------------------
     def current_reference(self, label_id: int) -> ReferenceRow | None:
@@ -392,15 +439,20 @@ class ProjectStorage:
             raise NotFound(f"annotation {annotation_id} does not exist")
         return self._annotation(row)
 
-    def list_annotations(self, image_id: int | None = None) -> list[AnnotationRow]:
-        """Live instances of one image (or of the whole project), oldest first; deleted labels skipped."""
+    def list_annotations(self, image_id: int | None = None, include_deleted_labels: bool = False) -> list[AnnotationRow]:
+        """Live instances of one image (or of the whole project), oldest first.
+
+        Instances whose label is deleted are skipped, unless ``include_deleted_labels`` (the export
+        uses it to name any such instance in its warnings instead of dropping it silently).
+        """
         query = """SELECT a.* FROM annotations a JOIN labels l ON l.id = a.label_id
-                   WHERE a.deleted = 0 AND l.deleted = 0 {} ORDER BY a.image_id, a.id"""
+                   WHERE a.deleted = 0 {} {} ORDER BY a.image_id, a.id"""
+        labels = "" if include_deleted_labels else "AND l.deleted = 0"
         with self._connect() as conn:
             if image_id is None:
-                rows = conn.execute(query.format("")).fetchall()
+                rows = conn.execute(query.format(labels, "")).fetchall()
             else:
-                rows = conn.execute(query.format("AND a.image_id = ?"), (image_id,)).fetchall()
+                rows = conn.execute(query.format(labels, "AND a.image_id = ?"), (image_id,)).fetchall()
         return [self._annotation(row) for row in rows]
 
     def delete_annotation(self, annotation_id: int) -> None:
@@ -413,11 +465,16 @@ class ProjectStorage:
             self._refresh_done(conn, row["image_id"])
 
     def restore_annotation(self, annotation_id: int) -> AnnotationRow:
-        """Undo a deletion."""
+        """Undo a deletion; refused (Conflict, naming the label) while the instance's label is deleted."""
         with self._write() as conn:
-            row = conn.execute("SELECT image_id FROM annotations WHERE id = ? AND deleted = 1", (annotation_id,)).fetchone()
+            row = conn.execute("""SELECT a.image_id, a.label_id, l.name AS label_name, l.deleted AS label_deleted
+                                  FROM annotations a JOIN labels l ON l.id = a.label_id
+                                  WHERE a.id = ? AND a.deleted = 1""", (annotation_id,)).fetchone()
             if row is None:
                 raise NotFound(f"annotation {annotation_id} is not a deleted annotation")
+            if row["label_deleted"]:
+                raise Conflict(f"annotation {annotation_id} belongs to the deleted label {row['label_name']!r}: "
+                               f"restore the label (with its instances) first")
             conn.execute("UPDATE annotations SET deleted = 0, deleted_at = NULL WHERE id = ?", (annotation_id,))
             conn.execute("UPDATE images SET done = 1 WHERE id = ?", (row["image_id"],))
         return self.get_annotation(annotation_id)
@@ -455,8 +512,32 @@ class ProjectStorage:
             raise NotFound(f"image {image_id} does not exist")
 
 
-def _clean_label_name(name: str) -> str:
-    cleaned = " ".join(str(name).split())
-    if not cleaned or len(cleaned) > 100:
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn"})
+"""Control, format (zero-width, bidi overrides, soft hyphen), surrogate, private-use and unassigned code points."""
+_INVISIBLE_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")  # Hangul fillers: letters that draw nothing
+
+
+def _visible(name: str) -> str:
+    """NFC, whitespace collapsed to single spaces, control and invisible characters removed."""
+    text = unicodedata.normalize("NFC", str(name))
+    text = "".join(" " if ch.isspace() else ch for ch in text
+                   if ch.isspace() or (unicodedata.category(ch) not in _INVISIBLE_CATEGORIES
+                                       and ch not in _INVISIBLE_LETTERS))
+    return unicodedata.normalize("NFC", " ".join(text.split()))
+
+
+def clean_label_name(name: str) -> str:
+    """A label name as stored: Unicode NFC, whitespace collapsed, control and invisible characters removed."""
+    cleaned = _visible(name)
+    if not cleaned:
+        raise ValueError("label name must have at least one visible character")
+    if len(cleaned) > 100:
         raise ValueError("label name must be 1-100 characters")
     return cleaned
+
+
+def label_key(name: str) -> str:
+    """What two live label names must not share: the visible name case-folded and compatibility-normalised
+    (NFKC), without variation selectors, so names that look the same cannot both exist."""
+    folded = unicodedata.normalize("NFKC", _visible(name).casefold())
+    return "".join(ch for ch in folded if not (0xFE00 <= ord(ch) <= 0xFE0F or 0xE0100 <= ord(ch) <= 0xE01EF))

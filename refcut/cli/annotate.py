@@ -83,9 +83,10 @@ def annotate(
 
     if not _is_loopback(host):
         typer.echo(f"WARNING: listening on {host}: anyone who can reach this machine can read and change this "
-                   "project. There is no login. Use 127.0.0.1 unless you mean it.", err=True)
+                   "project. There is no login. Use 127.0.0.1 unless you mean it. The page answers only to "
+                   f"127.0.0.1, localhost and {host} as its address.", err=True)
     session = ModelSession(predictor, project, max_side=max_side)
-    app = create_app(project, session, model_name=str(model) if model else "default")
+    app = create_app(project, session, model_name=str(model) if model else "default", hosts=[host])
     sock = _bind(host, port)
     bound_port = sock.getsockname()[1]
     shown_host = f"[{host}]" if ":" in host else host

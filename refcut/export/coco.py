@@ -29,7 +29,8 @@ def encode_rle(mask: np.ndarray) -> dict:
     """COCO compressed RLE of a HxW bool mask, JSON-ready (``counts`` as str)."""
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    bits = mask.view(np.uint8) if mask.dtype == np.bool_ else (mask != 0).view(np.uint8)
+    rle = mask_utils.encode(np.asfortranarray(bits))  # no copy for a Fortran-ordered bool mask
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
@@ -73,8 +74,8 @@ def write_coco(job: ExportJob, polygons: bool) -> Path:
                 annotation["score"] = float(instance.score)
             annotations.append(annotation)
             job.num_instances += 1
-        if job.images_dir is not None:
-            copy_image(job.images_dir / image.file_name, job.out_dir / "images" / image.file_name)
+        if image.source is not None:
+            copy_image(image.source, job.out_dir / "images" / image.file_name)
     now = _dt.datetime.now(_dt.timezone.utc)
     document = {
         "info": {

@@ -65,6 +65,21 @@ def read_index_png(path: Path) -> np.ndarray:
     return array
 
 
+def resolve_inside(folder: Path, relative_path: str) -> Path:
+    """Resolve ``relative_path`` under ``folder`` (symlinks followed); ValueError if it ends up outside.
+
+    Every image file the app serves and the exporters read goes through this check, so a file
+    replaced by a symlink to somewhere outside the folder is never read.
+    """
+    if not relative_path or "\x00" in relative_path:
+        raise ValueError("empty or invalid image path")
+    root = Path(folder).resolve()
+    candidate = (root / relative_path).resolve()
+    if not candidate.is_relative_to(root) or candidate == root:
+        raise ValueError(f"image path {relative_path!r} is outside the image folder")
+    return candidate
+
+
 def copy_image(src: Path, dst: Path) -> None:
     """Copy an image into an export (skipped when ``dst`` is ``src`` or an identical earlier copy)."""
     if dst.exists():

@@ -9,7 +9,9 @@ Formats (see each module for its layout):
 
 File names keep their subfolders in every format. Per-image outputs are named after the file name
 without its extension, so two images differing only by extension in one folder (``a.jpg``,
-``a.png``) are rejected for the per-image formats. Instances with an empty mask are skipped, and
+``a.png``) are rejected for the per-image formats. Image files are read only through
+:func:`refcut.export.files.resolve_inside`: a file that resolves outside the images folder (a
+symlink out of it) is refused with a ValueError naming it. Instances with an empty mask are skipped, and
 so are instances too small for a polygon in the polygon formats; each skip is reported in
 :attr:`ExportSummary.warnings` (and logged).
 
@@ -31,7 +33,7 @@ from typing import Callable
 import numpy as np
 
 from refcut.export.coco import read_coco, write_coco
-from refcut.export.files import image_size
+from refcut.export.files import image_size, resolve_inside
 from refcut.export.labelme import read_labelme, write_labelme
 from refcut.export.png import read_png, write_png
 from refcut.export.records import ExportImage, ExportInstance, ExportJob, ExportSummary, PreparedImage
@@ -99,10 +101,11 @@ def _prepare(images: list[ExportImage], labels: list[str], fmt: str, images_dir:
         if not (isinstance(width, (int, np.integer)) and isinstance(height, (int, np.integer)) and width > 0 and height > 0):
             raise ValueError(f"image {name!r}: width and height must be positive integers, got {width}x{height}")
         width, height = int(width), int(height)
+        source = None
         if images_dir is not None:
-            source = images_dir / name
+            source = resolve_inside(images_dir, name)  # the only path the writers read (symlinks out refused)
             if not source.is_file():
-                raise FileNotFoundError(f"image {name!r} not found in {images_dir}")
+                raise FileNotFoundError(f"image {name!r} not found in the images folder")
             actual = image_size(source)
             if actual != (width, height):
                 raise ValueError(
@@ -124,7 +127,8 @@ def _prepare(images: list[ExportImage], labels: list[str], fmt: str, images_dir:
             instances.append(ExportInstance(label=instance.label, mask=mask, score=instance.score))
             numbers.append(index)
         prepared.append(
-            PreparedImage(file_name=name, stem=stem, width=width, height=height, instances=instances, numbers=numbers)
+            PreparedImage(file_name=name, stem=stem, width=width, height=height, instances=instances, numbers=numbers,
+                          source=source)
         )
     return prepared, warnings
 

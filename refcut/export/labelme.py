@@ -54,8 +54,8 @@ def write_labelme(job: ExportJob) -> Path:
             "imageHeight": image.height,
             "imageWidth": image.width,
         }
-        if job.images_dir is not None:
-            copy_image(job.images_dir / image.file_name, job.out_dir / image.file_name)
+        if image.source is not None:
+            copy_image(image.source, job.out_dir / image.file_name)
         atomic_write_json(job.out_dir / f"{image.stem}.json", document)
     return job.out_dir
 

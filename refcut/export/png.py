@@ -56,8 +56,8 @@ def write_png(job: ExportJob) -> Path:
         mask_rel, semantic_rel = f"masks/{image.stem}.png", f"semantic/{image.stem}.png"
         atomic_write_png(job.out_dir / mask_rel, instance_map)
         atomic_write_png(job.out_dir / semantic_rel, semantic_map)
-        if job.images_dir is not None:
-            copy_image(job.images_dir / image.file_name, job.out_dir / "images" / image.file_name)
+        if image.source is not None:
+            copy_image(image.source, job.out_dir / "images" / image.file_name)
         images_entry[image.file_name] = {
             "mask": mask_rel,
             "semantic": semantic_rel,

@@ -52,6 +52,7 @@ class PreparedImage:
     height: int
     instances: list[ExportInstance]
     numbers: list[int] = field(default_factory=list)  # 1-based position of each instance in the input
+    source: Path | None = None  # the checked image file to copy (inside the images folder), None when not copying
 
     def numbered(self):
         """(input number, instance) pairs; numbers count skipped empty instances, as users see them."""

@@ -54,8 +54,8 @@ def write_yolo_seg(job: ExportJob) -> Path:
             job.num_instances += 1
         label_rel = f"labels/{image.stem}.txt"
         atomic_write_text(job.out_dir / label_rel, "".join(row + "\n" for row in rows))
-        if job.images_dir is not None:
-            copy_image(job.images_dir / image.file_name, job.out_dir / "images" / image.file_name)
+        if image.source is not None:
+            copy_image(image.source, job.out_dir / "images" / image.file_name)
         sidecar_images.append(
             {
                 "file_name": image.file_name,

@@ -450,6 +450,16 @@
       await refreshLabels();
       await refreshImages();
       await showImage(S.index);
+      toast(`Label "${l.name}" deleted`, { action: { label: "Undo", run: () => restoreLabel(l.id) } });
+    } catch (error) { toastError(error); }
+  }
+
+  async function restoreLabel(id) {
+    try {
+      await api("POST", `/api/labels/${id}/restore`);
+      await refreshLabels();
+      await refreshImages();
+      await showImage(S.index);
     } catch (error) { toastError(error); }
   }
 
