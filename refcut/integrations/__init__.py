@@ -1,0 +1,1 @@
+"""Adapters that put RefCut inside other annotation tools (Label Studio)."""
