@@ -7,8 +7,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from fastapi.testclient import TestClient
 from PIL import Image
 
+from refcut.app.project import open_project
+from refcut.app.server import create_app
+from refcut.app.service import ModelSession
 from refcut.predictor.base import PredictionResult
 
 
@@ -104,3 +108,42 @@ def write_images(folder: Path, count: int = 3, size: tuple[int, int] = (64, 48))
         Image.fromarray(pixels).save(path, quality=90)
         paths.append(path)
     return paths
+
+
+WIDTH, HEIGHT = 64, 48
+BASE_URL = "http://127.0.0.1:8765"  # the app answers only to the hosts it is bound to (not TestClient's "testserver")
+
+
+class App:
+    """A project + fake predictor + TestClient."""
+
+    def __init__(self, root: Path, predictor=None, max_side: int = 1600, with_model: bool = True, **app_kwargs):
+        self.images_dir = root / "images"
+        write_images(self.images_dir, count=3, size=(WIDTH, HEIGHT))
+        self.project = open_project(root / "project", self.images_dir)
+        self.predictor = predictor or DiskPredictor()
+        self.session = ModelSession(self.predictor, self.project, max_side=max_side) if with_model else None
+        self.client = TestClient(create_app(self.project, self.session, **app_kwargs), base_url=BASE_URL)
+
+    def label(self, name: str = "thing") -> int:
+        response = self.client.post("/api/labels", json={"name": name})
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    def predict(self, image_id: int, label_id: int | None, clicks, **extra) -> dict:
+        response = self.client.post("/api/predict", json={"image_id": image_id, "label_id": label_id, "clicks": clicks, **extra})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def accept(self, image_id: int, label_id: int, rle: dict, clicks=()) -> dict:
+        response = self.client.post("/api/annotations", json={"image_id": image_id, "label_id": label_id,
+                                                               "mask": {"rle": rle}, "clicks": list(clicks)})
+        assert response.status_code == 201, response.text
+        return response.json()
+
+
+def box_mask(box=(10, 30, 20, 44)) -> np.ndarray:
+    """A HEIGHT x WIDTH mask with the box [y0:y1, x0:x1] on."""
+    mask = np.zeros((HEIGHT, WIDTH), bool)
+    mask[box[0]:box[1], box[2]:box[3]] = True
+    return mask

@@ -15,53 +15,12 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from pycocotools.coco import COCO
 
-from app_fakes import DiskPredictor, write_images
+from app_fakes import BASE_URL, HEIGHT, WIDTH, App, DiskPredictor, box_mask as _box_mask
 from refcut.app.masks import decode_rle, encode_png, encode_rle
-from refcut.app.project import open_project
-from refcut.app.server import create_app
-from refcut.app.service import ModelSession
-
-WIDTH, HEIGHT = 64, 48
-BASE_URL = "http://127.0.0.1:8765"  # the app answers only to the hosts it is bound to (not TestClient's "testserver")
-
-
-class App:
-    """A project + fake predictor + TestClient."""
-
-    def __init__(self, root: Path, predictor=None, max_side: int = 1600, with_model: bool = True, **app_kwargs):
-        self.images_dir = root / "images"
-        write_images(self.images_dir, count=3, size=(WIDTH, HEIGHT))
-        self.project = open_project(root / "project", self.images_dir)
-        self.predictor = predictor or DiskPredictor()
-        self.session = ModelSession(self.predictor, self.project, max_side=max_side) if with_model else None
-        self.client = TestClient(create_app(self.project, self.session, **app_kwargs), base_url=BASE_URL)
-
-    def label(self, name: str = "thing") -> int:
-        response = self.client.post("/api/labels", json={"name": name})
-        assert response.status_code == 201, response.text
-        return response.json()["id"]
-
-    def predict(self, image_id: int, label_id: int | None, clicks, **extra) -> dict:
-        response = self.client.post("/api/predict", json={"image_id": image_id, "label_id": label_id, "clicks": clicks, **extra})
-        assert response.status_code == 200, response.text
-        return response.json()
-
-    def accept(self, image_id: int, label_id: int, rle: dict, clicks=()) -> dict:
-        response = self.client.post("/api/annotations", json={"image_id": image_id, "label_id": label_id,
-                                                               "mask": {"rle": rle}, "clicks": list(clicks)})
-        assert response.status_code == 201, response.text
-        return response.json()
-
 
 @pytest.fixture()
 def app(tmp_path: Path) -> App:
     return App(tmp_path)
-
-
-def _box_mask(box=(10, 30, 20, 44)) -> np.ndarray:
-    mask = np.zeros((HEIGHT, WIDTH), bool)
-    mask[box[0]:box[1], box[2]:box[3]] = True
-    return mask
 
 
 def test_full_flow_labels_reference_clicks_accept_undo_export(app: App, tmp_path: Path) -> None:

@@ -12,13 +12,24 @@ from PIL import Image
 from refcut.app.images import (
     ImageLoadError,
     browser_bytes,
+    check_image,
     downscale_for_model,
     list_image_files,
     load_rgb,
+    load_scaled,
     oriented_size,
     resolve_inside,
 )
-from refcut.app.masks import bbox_xywh, decode_data_url, decode_png, decode_rle, encode_png, encode_rle
+from refcut.app.masks import (
+    MaskError,
+    bbox_xywh,
+    decode_data_url,
+    decode_png,
+    decode_rle,
+    encode_png,
+    encode_rle,
+    sample_rle,
+)
 
 
 def test_resolve_inside_refuses_escapes(tmp_path: Path) -> None:
@@ -113,6 +124,10 @@ def test_rle_and_png_round_trips() -> None:
 
 
 @pytest.mark.parametrize("rle", [
+    {"size": [4, 4], "counts": ""},            # no runs at all (decoded uninitialised memory before issue 11)
+    {"size": [4, 4], "counts": []},
+    {"size": [4, 4], "counts": [3.5, 12.5]},   # not integers
+    {"size": [4, 4], "counts": [2**70]},
     {"size": [4, 4], "counts": "zz"},          # invalid characters
     {"size": [4, 4], "counts": "0"},           # counts do not cover the mask
     {"size": [4, 4], "counts": "1`0"},         # ends mid-number / wrong total
@@ -123,9 +138,63 @@ def test_rle_and_png_round_trips() -> None:
     {"counts": "1"},
     {"size": [4, 4], "counts": 5},
 ])
-def test_malformed_rle_is_a_value_error(rle: dict) -> None:
-    with pytest.raises(ValueError):
+def test_malformed_rle_is_a_mask_error(rle: dict) -> None:
+    with pytest.raises(MaskError):
         decode_rle(rle)
+    with pytest.raises(MaskError):
+        sample_rle(rle, 2, 2)
+
+
+def test_sample_rle_is_nearest_pixel_sampling_of_the_full_mask() -> None:
+    rng = np.random.default_rng(3)
+    mask = np.zeros((90, 120), bool)
+    mask[20:70, 30:100] = True
+    mask[rng.random(mask.shape) > 0.97] = True
+    rle = encode_rle(mask)
+    assert np.array_equal(sample_rle(rle, 120, 90), mask)
+    ys = ((np.arange(30) + 0.5) * 3).astype(int)
+    xs = ((np.arange(40) + 0.5) * 3).astype(int)
+    assert np.array_equal(sample_rle(rle, 40, 30), mask[np.ix_(ys, xs)])
+
+
+@pytest.mark.parametrize("kind", ["jpeg", "rotated-jpeg", "png", "16-bit", "cmyk"])
+def test_load_scaled_matches_decoding_at_full_size_then_downscaling(tmp_path: Path, kind: str) -> None:
+    """The reduced-size decode (JPEG DCT scaling, PIL reduce) gives what the full decode + downscale gave."""
+    ys, xs = np.mgrid[0:600, 0:900]
+    pixels = np.stack([xs * 255 // 900, ys * 255 // 600, (xs + ys) % 256], axis=2).astype(np.uint8)
+    if kind == "16-bit":
+        image, suffix, options = Image.fromarray((xs * 70).astype(np.uint16)), ".png", {}
+    elif kind == "cmyk":
+        image, suffix, options = Image.fromarray(pixels).convert("CMYK"), ".jpg", {"quality": 95}
+    else:
+        image, suffix, options = Image.fromarray(pixels), ".png" if kind == "png" else ".jpg", {"quality": 95}
+    if kind == "rotated-jpeg":
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        options["exif"] = exif
+    path = _save(image, tmp_path / f"img{suffix}", **options)
+    expected, scale = downscale_for_model(load_rgb(path), 160)
+    scaled = load_scaled(path, 160)
+    assert scaled.rgb.shape == expected.shape and scaled.scale == scale
+    full = load_rgb(path)
+    assert (scaled.width, scaled.height) == oriented_size(path) == (full.shape[1], full.shape[0])
+    assert np.abs(scaled.rgb.astype(int) - expected.astype(int)).mean() < 4  # same picture, resampled differently
+    assert np.array_equal(load_scaled(path, 5000).rgb, full)
+
+
+def test_check_image_reads_all_the_data_but_not_at_full_size(tmp_path: Path) -> None:
+    good = _save(Image.fromarray(np.full((64, 80, 3), 128, np.uint8)), tmp_path / "good.jpg", quality=90)
+    assert check_image(good) == (80, 64)
+    data = good.read_bytes()
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(data[: len(data) - 40])  # header intact: oriented_size still reads it
+    assert oriented_size(truncated) == (80, 64)
+    png = _save(Image.fromarray(np.full((64, 80, 3), 128, np.uint8)), tmp_path / "good.png")
+    cut_png = tmp_path / "cut.png"
+    cut_png.write_bytes(png.read_bytes()[:-20])
+    for path in (truncated, cut_png):
+        with pytest.raises(ImageLoadError, match="truncated"):
+            check_image(path, f"sub/{path.name}")
 
 
 def test_rgba_png_mask_uses_alpha() -> None:

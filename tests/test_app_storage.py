@@ -134,3 +134,29 @@ def test_accepted_work_survives_a_killed_process(tmp_path: Path) -> None:
     reopened = ProjectStorage(project)
     annotation = reopened.get_annotation(saved_id)
     assert annotation.area == 12 and reopened.progress() == (1, 1)
+
+
+def test_a_version_1_project_is_migrated_and_a_label_deletion_can_be_undone(tmp_path: Path) -> None:
+    """Issue 11 item 4 at the storage level, on a database made before the undo column existed."""
+    from refcut.app import storage as storage_module
+
+    project = tmp_path / "p"
+    project.mkdir()
+    old_schema = storage_module.SCHEMA.replace(",\n    deleted_with_label INTEGER NOT NULL DEFAULT 0", "")
+    assert old_schema != storage_module.SCHEMA
+    with sqlite3.connect(project / storage_module.DB_NAME) as conn:
+        conn.executescript(old_schema)
+        conn.execute("INSERT INTO meta(key, value) VALUES ('schema_version', '1')")
+    store = ProjectStorage(project)
+    assert store.get_meta("schema_version") == str(storage_module.SCHEMA_VERSION)
+    store.sync_images([("a.jpg", 10, 8, None), ("b.jpg", 10, 8, None)])
+    label = store.create_label("hair")
+    kept, _ = store.add_annotation(1, label.id, _mask(), [], 12, [2, 1, 4, 3])
+    gone, _ = store.add_annotation(2, label.id, _mask(), [], 12, [2, 1, 4, 3])
+    store.delete_annotation(gone.id)
+    store.delete_label(label.id, force=True)
+    with pytest.raises(Conflict, match="'hair'"):
+        store.restore_annotation(kept.id)
+    assert store.progress() == (0, 2)
+    assert store.restore_label(label.id).instances == 1
+    assert [a.id for a in store.list_annotations()] == [kept.id] and store.progress() == (1, 2)
