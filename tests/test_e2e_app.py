@@ -1,7 +1,10 @@
 """End-to-end: `refcut annotate` (demo project, tiny random model) driven by a real headless Chromium.
 
 Needs Debian's ``chromium`` at /usr/bin/chromium and the ``playwright`` Python package (no browser
-download: Playwright drives the system Chromium).
+download: Playwright drives the system Chromium). The page runs under the app's real
+Content-Security-Policy (no eval, no inline script), so the test waits on DOM attributes with
+selectors rather than with ``wait_for_function`` (which evaluates a string in the page), and any
+CSP violation the browser reports fails it.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ def test_click_accept_reload_export(server, browser) -> None:
     page = browser.new_page(viewport={"width": 1280, "height": 800})
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text) if "Content Security Policy" in message.text else None)
     outside_requests: list[str] = []
     page.on("request", lambda request: outside_requests.append(request.url)
             if not request.url.startswith(("http://127.0.0.1", "data:", "blob:")) else None)
@@ -99,21 +103,21 @@ def test_click_accept_reload_export(server, browser) -> None:
     point = {"x": box["width"] * 0.5, "y": box["height"] * 0.25}
     before = _canvas_pixels(page, point["x"], point["y"])
     canvas.click(position=point)
-    page.wait_for_function("document.querySelector('#canvas').dataset.maskArea !== '0'", timeout=30_000)
+    page.wait_for_selector("#canvas:not([data-mask-area='0'])", state="attached", timeout=30_000)
     page.wait_for_selector("body[data-busy='0']")
     after = _canvas_pixels(page, point["x"], point["y"])
     assert np.abs(np.array(after) - np.array(before)).sum() > 0, "the overlay did not change the canvas"
     area_one_click = int(canvas.get_attribute("data-mask-area"))
 
     canvas.click(position={"x": box["width"] * 0.5, "y": box["height"] * 0.8}, button="right")
-    page.wait_for_function("document.querySelector('#canvas').dataset.clicks === '2' && document.body.dataset.busy === '0'"
-                           " && document.querySelector('#canvas').dataset.maskArea !== ''", timeout=30_000)
+    page.wait_for_selector("body[data-busy='0'] #canvas[data-clicks='2']:not([data-mask-area=''])", state="attached",
+                           timeout=30_000)
     page.keyboard.press("Control+z")
-    page.wait_for_function("document.querySelector('#canvas').dataset.clicks === '1'")
+    page.wait_for_selector("#canvas[data-clicks='1']", state="attached")
     assert int(canvas.get_attribute("data-mask-area")) == area_one_click  # undo restores the one-click mask
 
     page.keyboard.press("Enter")
-    page.wait_for_function("document.body.dataset.lastSaved", timeout=30_000)
+    page.wait_for_selector("body[data-last-saved]", state="attached", timeout=30_000)
     assert canvas.get_attribute("data-instances") == "1"
     assert page.locator("#progress").get_attribute("data-done") == "1"
     saved_id = page.evaluate("document.body.dataset.lastSaved")
@@ -130,7 +134,7 @@ def test_click_accept_reload_export(server, browser) -> None:
 
     page.select_option("#export-format", "coco")
     page.click("#btn-export")
-    page.wait_for_function("document.body.dataset.lastExport", timeout=60_000)
+    page.wait_for_selector("body[data-last-export]", state="attached", timeout=60_000)
     coco = COCO(page.evaluate("document.body.dataset.lastExport"))
     annotations = coco.loadAnns(coco.getAnnIds())
     assert len(annotations) == 1
@@ -147,7 +151,7 @@ def test_reference_editor_brush_saves_a_reference(server, browser) -> None:
     page.wait_for_selector("body[data-image-loaded='1']", timeout=30_000)
     page.locator("#label-list li", has_text="shoes").click()
     page.click("#btn-edit-ref")
-    page.wait_for_function("document.querySelector('#ed-canvas').dataset.posArea === '0'", timeout=30_000)
+    page.wait_for_selector("#ed-canvas[data-pos-area='0']", state="attached", timeout=30_000)
     page.check("input[name='ed-tool'][value='brush']")
     editor = page.locator("#ed-canvas")
     box = editor.bounding_box()
