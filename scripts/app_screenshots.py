@@ -87,7 +87,9 @@ def main() -> None:
         server, url = serve(Path(tmp) / "demo", args.model)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1360, "height": 820})
+            # bypass_csp: this script waits with wait_for_function (an eval the app's CSP forbids); the
+            # browser test (tests/test_e2e_app.py) runs the page under the real policy.
+            page = browser.new_page(viewport={"width": 1360, "height": 820}, bypass_csp=True)
             page.goto(url + "#image=5")
             page.wait_for_selector("body[data-image-loaded='1']", timeout=30_000)
             add_label(page, "bag")  # an accepted "bag" instance ...
