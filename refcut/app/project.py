@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,11 +57,11 @@ class Project:
         A file in the image folder is named by its path there (as the page lists images), one in
         the project folder by its path in the project; the folders themselves by what they are.
         """
-        folders = {str(self.images_dir): "the image folder", str(self.project_dir.resolve()): "the project folder",
-                   str(self.project_dir): "the project folder"}
-        for folder in sorted(folders, key=len, reverse=True):
-            if folder not in (".", ""):
-                text = text.replace(folder + os.sep, "").replace(folder, folders[folder])
+        folders = {str(self.images_dir.resolve()): "the image folder", str(self.project_dir.resolve()): "the project folder"}
+        for folder in sorted(folders, key=len, reverse=True):  # the image folder may lie inside the project folder
+            if folder != os.sep:
+                text = text.replace(folder + os.sep, "")
+                text = re.sub(re.escape(folder) + r"(?![\w-]|\.\w)", folders[folder], text)
         return text
 
     def rescan(self) -> None:
