@@ -187,7 +187,9 @@ def load_scaled(path: Path, max_side: int, name: str | None = None) -> Scaled:
     (or full-size float array, for 16-bit images) is built.
     """
     picture, width, height, scale = _decode(path, name, max_side)
-    return Scaled(rgb=np.asarray(picture), width=width, height=height, scale=scale)
+    rgb = np.asarray(picture)
+    rgb.setflags(write=False)  # shared through ImageCache
+    return Scaled(rgb=rgb, width=width, height=height, scale=scale)
 
 
 class ImageCache:
@@ -195,7 +197,7 @@ class ImageCache:
 
     Shared by the model session and the page's reference previews, so an image is decoded once per
     size it is shown at. Entries are keyed by path, modification time, file size and size asked
-    for, so an edited file is decoded again. Callers must not modify the arrays they get.
+    for, so an edited file is decoded again. The arrays are read-only (copy one to change it).
     """
 
     def __init__(self, max_bytes: int = 192 * 1024 * 1024):

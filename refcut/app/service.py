@@ -97,7 +97,7 @@ class ModelSession:
         if key == self._image_key:
             return
         scaled = self.project.load_scaled(image, self.max_side)
-        self.predictor.set_image(scaled.rgb)
+        self.predictor.set_image(np.array(scaled.rgb))  # a writable copy: the cached array is shared, read-only
         self._image_key, self._scale = key, scaled.scale
         self._image_shape, self._small_shape = (scaled.height, scaled.width), scaled.rgb.shape[:2]
 
@@ -115,7 +115,7 @@ class ModelSession:
                                  f"{[scaled.height, scaled.width]}")
             positive = sample_rle(reference.positive_rle, width, height)  # never built at full size
             negative = sample_rle(reference.negative_rle, width, height) if reference.negative_rle else None
-            self.predictor.set_reference(scaled.rgb, positive, negative)
+            self.predictor.set_reference(np.array(scaled.rgb), positive, negative)
         self._reference_key = key
 
     def _reference_for(self, label_id: int | None, use_reference: bool) -> ReferenceRow | None:
