@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(None, help="Batch size per process (effective = this x processes)."),
         lr: float = typer.Option(None, help="Base learning rate."),
         seed: int = typer.Option(None, help="Run seed (data, clicks, init)."),
-        preset: str = typer.Option(None, help="Model preset (vit_small_dinov2, vit_base, tiny_test, ...)."),
+        preset: str = typer.Option(None, help="Model preset (vit_small_dinov2, vit_base, tiny_test, encode_once_vits14, ...)."),
         image_size: int = typer.Option(None, help="Network input size (multiple of the patch size)."),
         init: str = typer.Option(None, help="scratch, dinov2, or a native model dir / SimpleClick .pth to start from."),
         freeze_blocks: int = typer.Option(None, help="Freeze the first K backbone blocks (and the embeddings)."),
@@ -84,3 +84,43 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2) from error
         if os.environ.get("RANK", "0") == "0":
             typer.echo(f"model written to {result}")
+
+    @app.command("cache-views")
+    def cache_views_command(
+        data: list[str] = typer.Option(..., "--data", "-d", help="Training dataset PATH or PATH:format (repeatable)."),
+        cache: Path = typer.Option(None, "--cache", help="Cache folder (default $REFCUT_CACHE/views)."),
+        views: str = typer.Option("full,flip,object,part", help="View kinds per object, comma-separated."),
+        preset: str = typer.Option("encode_once_vits14", help="Encode-once preset (gives the encoders and input size)."),
+        seed: int = typer.Option(0, help="Seed of the crop boxes (the training run's seed)."),
+        threads: int = typer.Option(None, help="CPU threads (torch intra-op)."),
+        shard: str = typer.Option("0/1", help="i/n: this process takes every n-th object from the i-th."),
+        no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bars."),
+    ) -> None:
+        """Encode the training views of the encode-once family once (resumable; `refcut train` reuses them)."""
+        import torch
+
+        from refcut.training.config import TrainConfig
+        from refcut.training.trainer import build_initial_model, dataset_names, open_training_datasets, open_view_cache
+
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            from refcut.evaluation.runner import parse_shard
+
+            shard_index, shard_count = parse_shard(shard)
+            config = TrainConfig().with_overrides({
+                "model.preset": preset, "data.datasets": list(data), "seed": seed,
+                "data.views": [v.strip() for v in views.split(",") if v.strip()],
+                "data.view_cache": str(cache) if cache is not None else None,
+            })
+            model = build_initial_model(config).eval()
+            if not hasattr(model, "encode_view"):
+                raise ValueError(f"preset {preset!r} is not an encode-once preset")
+            datasets = open_training_datasets(config.data.datasets)
+            store = open_view_cache(config, model)
+            counts = store.build(list(zip(dataset_names(config.data.datasets), datasets)), config.data.views,
+                                 seed=seed, progress=not no_progress, shard=(shard_index, shard_count))
+        except (ValueError, FileNotFoundError, PermissionError) as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(2) from error
+        typer.echo(f"view cache {store.root}: {counts}")

@@ -22,13 +22,13 @@ def masked_average_pool(features: torch.Tensor, mask: torch.Tensor) -> tuple[tor
 
 
 class PromptMLP(nn.Module):
-    """Two-layer MLP ``D -> hidden -> D``; the last layer starts at zero."""
+    """Two-layer MLP ``D -> hidden -> out_dim`` (default ``D``); the last layer starts at zero."""
 
-    def __init__(self, dim: int, hidden: int) -> None:
+    def __init__(self, dim: int, hidden: int, out_dim: int | None = None) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = nn.Linear(hidden, out_dim or dim)
         nn.init.zeros_(self.fc2.weight)
         nn.init.zeros_(self.fc2.bias)
 
@@ -43,21 +43,37 @@ class ReferencePromptGenerator(nn.Module):
     applied), so "positive only", "negative only" and "no reference" are all
     expressed by which masks are given. Both MLPs' last layers are zero-initialised:
     a model fine-tuned from a no-reference checkpoint starts out identical to it.
+    ``out_dim`` (default: the feature dimension) is the width of the tokens the prompt is
+    added to (the encode-once decoder's width).
     """
 
-    def __init__(self, dim: int, hidden: int | None = None) -> None:
+    def __init__(self, dim: int, hidden: int | None = None, out_dim: int | None = None) -> None:
         super().__init__()
         hidden = hidden or dim
-        self.positive_mlp = PromptMLP(dim, hidden)
-        self.negative_mlp = PromptMLP(dim, hidden)
+        self.out_dim = out_dim or dim
+        self.positive_mlp = PromptMLP(dim, hidden, self.out_dim)
+        self.negative_mlp = PromptMLP(dim, hidden, self.out_dim)
 
     def forward(
         self, features: torch.Tensor, positive_mask: torch.Tensor | None, negative_mask: torch.Tensor | None
     ) -> torch.Tensor:
-        prompt = features.new_zeros(features.shape[0], features.shape[1])
-        for mask, mlp in ((positive_mask, self.positive_mlp), (negative_mask, self.negative_mlp)):
-            if mask is None:
+        pooled = [None if mask is None else masked_average_pool(features, mask) for mask in (positive_mask, negative_mask)]
+        return self.from_pooled(features, *pooled)
+
+    def from_pooled(
+        self,
+        features: torch.Tensor,
+        positive: tuple[torch.Tensor, torch.Tensor] | None,
+        negative: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """The prompt from already pooled ``(R, has_mask)`` pairs (None: that mask is absent).
+
+        ``features`` (the reference features) only give the batch size, dtype and device.
+        """
+        prompt = features.new_zeros(features.shape[0], self.out_dim)
+        for pooled, mlp in ((positive, self.positive_mlp), (negative, self.negative_mlp)):
+            if pooled is None:
                 continue
-            pooled, has_mask = masked_average_pool(features, mask)
-            prompt = prompt + mlp(pooled) * has_mask[:, None].to(prompt.dtype)
+            features, has_mask = pooled
+            prompt = prompt + mlp(features) * has_mask[:, None].to(prompt.dtype)
         return prompt

@@ -1,9 +1,15 @@
-"""``RefCutPredictor``: numpy in, masks out; the reference is encoded once and cached."""
+"""``RefCutPredictor``: numpy in, masks out; the reference is encoded once and cached.
+
+One predictor drives both model families, chosen by the model: the early-fusion network runs
+whole on every click; the encode-once network encodes each view (the whole image, or a zoom-in
+crop) once, caches it per image, and runs only its decoder per click.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -12,6 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from refcut.model import RefCutModel
+from refcut.model.click_decoder import ViewEncoding
+from refcut.model.encode_once import EncodeOnceModel
 from refcut.predictor.base import PredictionResult
 from refcut.predictor.transforms import (
     Box,
@@ -20,6 +28,7 @@ from refcut.predictor.transforms import (
     full_box,
     paste_back,
     points_to_network,
+    view_resize,
     zoom_in_box,
 )
 from refcut.weights.native import DEFAULT_MODEL_DIR, load_pretrained, save_pretrained
@@ -66,24 +75,32 @@ class RefCutPredictor:
     pass. Both are on by default (``zoom_in=False`` / ``flip=False`` to switch off).
     ``precision="bf16"`` runs the network under bfloat16 autocast (faster on CPUs with
     AVX-512 BF16).
+
+    With an encode-once model, ``set_image`` encodes the whole image once (cached for the last
+    ``image_cache_size`` images, so going back to one is free; :meth:`preload` encodes one ahead),
+    a zoom-in crop is encoded once when the box changes and reused while it does not, and
+    ``predict`` runs only the decoder. ``flip`` defaults to off for this family (it would need a
+    second encoder pass per view).
     """
 
     def __init__(
         self,
-        model: RefCutModel,
+        model: RefCutModel | EncodeOnceModel,
         device: str | torch.device = "cpu",
         zoom_in: bool | ZoomInSettings = True,
-        flip: bool = True,
+        flip: bool | None = None,
         threshold: float = 0.49,
         precision: str = "fp32",
         reference_cache_size: int = 8,
+        image_cache_size: int = 4,
     ) -> None:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.zoom_in = zoom_in if isinstance(zoom_in, ZoomInSettings) else ZoomInSettings(enabled=bool(zoom_in))
-        self.flip = flip
+        self.encode_once = isinstance(model, EncodeOnceModel)
+        self.flip = (not self.encode_once) if flip is None else flip
         self.threshold = threshold
         self.precision = precision
         self.reference_encodings = 0
@@ -96,6 +113,12 @@ class RefCutPredictor:
         self._image: torch.Tensor | None = None
         self._image_features: torch.Tensor | None = None
         self._box: Box | None = None
+        self.encoder_calls = 0
+        """How many views the encode-once family's encoders ran on (target images and crops)."""
+        self._views: OrderedDict[str, dict[Box, ViewEncoding]] = OrderedDict()
+        self._image_cache_size = image_cache_size
+        self._image_key: str | None = None
+        self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -151,7 +174,7 @@ class RefCutPredictor:
         shape = image.shape[:2]
         positive = _as_mask(positive_mask, shape, "positive_mask")
         negative = _as_mask(negative_mask, shape, "negative_mask")
-        key = hashlib.sha1(image.tobytes()).hexdigest() + str(image.shape)
+        key = _image_key(image)
         features = self._feature_cache.get(key)
         if features is None:
             with self._autocast():
@@ -183,11 +206,52 @@ class RefCutPredictor:
 
     # -------------------------------------------------------------------- image
     def set_image(self, image: np.ndarray) -> None:
-        """Set the target image (HxWx3 uint8 RGB; grayscale/RGBA converted). Resets the zoom-in state."""
+        """Set the target image (HxWx3 uint8 RGB; grayscale/RGBA converted). Resets the zoom-in state.
+
+        An encode-once model encodes the whole image here (or finds it in its per-image cache).
+        """
         image = as_rgb_uint8(image)
         self._image = self._to_tensor(image)
         self._image_features = None
         self._box = None
+        if self.encode_once:
+            self._image_key = _image_key(image)
+            self._view(self._image_key, self._image, full_box(*image.shape[:2]))
+
+    def preload(self, image: np.ndarray) -> None:
+        """Encode an image's whole view into the cache without making it current (encode-once models).
+
+        Safe to call from a background thread while another image is being segmented; a no-op
+        for early-fusion models (they have nothing to precompute).
+        """
+        if not self.encode_once:
+            return
+        image = as_rgb_uint8(image)
+        self._view(_image_key(image), self._to_tensor(image), full_box(*image.shape[:2]))
+
+    @torch.inference_mode()
+    def _view(self, key: str, image: torch.Tensor, box: Box) -> ViewEncoding:
+        """The encoded view of ``box`` of an image, from the cache or encoded now."""
+        with self._lock:
+            views = self._views.get(key)
+            if views is not None:
+                self._views.move_to_end(key)
+                if box in views:
+                    return views[box]
+        pixels = view_resize(image, box, self.input_size)
+        with self._autocast():
+            encoded = self.model.encode_view(self.model.encode(pixels))
+        with self._lock:
+            self.encoder_calls += 1
+            views = self._views.setdefault(key, {})
+            if box != full_box(*image.shape[-2:]):  # one crop per image at a time: the zoom box
+                for old in [b for b in views if b != full_box(*image.shape[-2:])]:
+                    del views[old]
+            views[box] = encoded
+            self._views.move_to_end(key)
+            while len(self._views) > self._image_cache_size:
+                self._views.popitem(last=False)
+        return encoded
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -238,6 +302,8 @@ class RefCutPredictor:
 
         size = self.input_size
         prev_t = torch.zeros(1, 1, height, width, device=self.device) if prev is None else torch.from_numpy(prev).to(self.device)[None, None]
+        if self.encode_once:
+            return self._predict_encode_once(box, prev_t, points_yx, labels)
         net_image = crop_resize(self._image, box, size)
         net_prev = crop_resize(prev_t, box, size)
         net_points = points_to_network(points_yx, box, size)
@@ -256,6 +322,21 @@ class RefCutPredictor:
         prob_np = prob.cpu().numpy().astype(np.float32)
         return PredictionResult(mask=prob_np > self.threshold, prob=prob_np)
 
+    def _predict_encode_once(self, box: Box, prev_t: torch.Tensor, points_yx: np.ndarray, labels: np.ndarray) -> PredictionResult:
+        """The decoder on the (cached) view of ``box``; see :meth:`predict`."""
+        height, width = self.image_size
+        size = self.input_size
+        assert self._image_key is not None
+        view = self._view(self._image_key, self._image, box)
+        net_prev = view_resize(prev_t, box, size)
+        net_points = points_to_network(points_yx, box, size)
+        points = torch.from_numpy(np.concatenate([net_points, labels[:, None]], axis=1)).float()[None].to(self.device)
+        with self._autocast():
+            logits = self.model.decode(view, net_prev, points, self._prompt).float()
+        prob = paste_back(torch.sigmoid(logits[0, 0]), box, height, width).clamp(0, 1)
+        prob_np = prob.cpu().numpy().astype(np.float32)
+        return PredictionResult(mask=prob_np > self.threshold, prob=prob_np)
+
     @torch.inference_mode()
     def propose_point(self) -> tuple[int, int] | None:
         """A first click ``(x, y)`` where the image best matches the reference's positive features.
@@ -267,7 +348,10 @@ class RefCutPredictor:
         height, width = self.image_size
         if self._positive_prototype is None:
             return None
-        if self._image_features is None:
+        if self._image_features is None and self.encode_once:
+            assert self._image_key is not None
+            self._image_features = self._view(self._image_key, self._image, full_box(height, width)).unit_features
+        elif self._image_features is None:
             with self._autocast():
                 self._image_features = self.model.encode_reference(self._resize_input(self._image)).float()
         feats = F.normalize(self._image_features[0], dim=0)
@@ -279,6 +363,10 @@ class RefCutPredictor:
         x = int(min(width - 1, (col + 0.5) * width / grid_w))
         y = int(min(height - 1, (row + 0.5) * height / grid_h))
         return x, y
+
+
+def _image_key(image: np.ndarray) -> str:
+    return hashlib.sha1(image.tobytes()).hexdigest() + str(image.shape)
 
 
 def _as_prev(prev_mask: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | None:

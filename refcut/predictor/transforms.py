@@ -100,6 +100,20 @@ def crop_resize(tensor: torch.Tensor, box: Box, size: int) -> torch.Tensor:
     return F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=True)
 
 
+def view_resize(tensor: torch.Tensor, box: Box, size: int, mode: str = "bilinear") -> torch.Tensor:
+    """Crop ``B x C x H x W`` to ``box`` and resize to ``size x size`` as the encode-once family's views are made.
+
+    Bilinear with antialiasing (``align_corners=False``) for images, ``mode="nearest"`` for label maps.
+    """
+    y0, y1, x0, x1 = box
+    crop = tensor[..., y0 : y1 + 1, x0 : x1 + 1]
+    if crop.shape[-2:] == (size, size):
+        return crop
+    if mode == "nearest":
+        return F.interpolate(crop, size=(size, size), mode="nearest")
+    return F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
 def points_to_network(points_yx: np.ndarray, box: Box, size: int) -> np.ndarray:
     """Image ``(y, x)`` -> network-input coordinates inside the crop ``box``."""
     y0, y1, x0, x1 = box

@@ -24,6 +24,12 @@ class DataConfig:
     ``square`` squashes it to ``image_size x image_size`` (what the predictor does at the first
     click), ``short`` scales its shorter side to ``image_size``, ``none`` keeps raw pixels
     (SimpleClick).
+
+    The encode-once family trains on cached views instead (no pixel augmentation: the encoders'
+    output is cached): ``view_cache`` is their folder (default ``$REFCUT_CACHE/views``),
+    ``views`` the kinds cached per object (``full``, ``flip``, ``object``, ``part``; see
+    :mod:`refcut.training.view_cache`), ``full_view_prob`` / ``reference_full_prob`` how often the
+    target / reference is the full view rather than a crop.
     """
 
     datasets: list[str] = field(default_factory=list)
@@ -42,6 +48,10 @@ class DataConfig:
     color_jitter_prob: float = 0.75
     min_object_area: int = 16
     max_augment_tries: int = 10
+    view_cache: str | None = None
+    views: list[str] = field(default_factory=lambda: ["full", "flip", "object", "part"])
+    full_view_prob: float = 0.5
+    reference_full_prob: float = 0.7
 
     def __post_init__(self) -> None:
         if self.base_resize not in BASE_RESIZES:
@@ -49,7 +59,7 @@ class DataConfig:
         if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
             raise ValueError(f"data.scale_range must be [low, high] with 0 < low <= high, got {self.scale_range}")
         for name in ("only_one_mask_prob", "no_reference_prob", "positive_erode_prob", "negative_border_prob",
-                     "flip_prob", "color_jitter_prob"):
+                     "flip_prob", "color_jitter_prob", "full_view_prob", "reference_full_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"data.{name} must be a probability, got {getattr(self, name)}")
         if self.max_initial_points < 1:
@@ -96,8 +106,11 @@ class OptimConfig:
 class ModelSetup:
     """Which network to train and where its weights start.
 
-    ``init``: ``scratch`` (random), ``dinov2`` (the DINOv2 ViT-S/14 import; preset
-    ``vit_small_dinov2``) or a path to a native model directory / ``.safetensors`` file or a
+    ``preset`` names an early-fusion preset (:data:`refcut.model.config.PRESETS`) or an
+    encode-once one (:data:`refcut.model.encode_once.ENCODE_ONCE_PRESETS`, e.g.
+    ``encode_once_vits14``), which picks the family. ``init``: ``scratch`` (random; the
+    encode-once family's frozen encoders always come from their packages), ``dinov2`` (the DINOv2
+    ViT-S/14 import; preset ``vit_small_dinov2``) or a path to a native model directory / ``.safetensors`` file or a
     SimpleClick ``.pth`` checkpoint; with a path the architecture comes from the checkpoint
     and ``preset`` is ignored. ``image_size`` (a multiple of the patch size) overrides the
     preset's input size.

@@ -39,13 +39,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from refcut.clicker import sample_training_click
 from refcut.model import ModelConfig, RefCutModel, build_model
+from refcut.model.click_decoder import ViewFeatures
+from refcut.model.encode_once import ENCODE_ONCE_PRESETS, EncodeOnceConfig, EncodeOnceModel
 from refcut.provenance import git_revision
 from refcut.training.augment import augment_reference, augment_target
 from refcut.training.config import TrainConfig
 from refcut.training.distributed import DistContext, all_reduce_mean, barrier, init_distributed, shutdown
 from refcut.training.losses import normalized_focal_loss
 from refcut.training.points import sample_initial_points
-from refcut.weights.native import WEIGHTS_NAME, load_pretrained, save_pretrained
+from refcut.weights.native import WEIGHTS_NAME, build_any_model, load_pretrained, load_stored_state, save_pretrained
 
 TRAINER_STATE_NAME = "trainer_state.pt"
 CONFIG_YAML = "config.yaml"
@@ -156,6 +158,39 @@ class TrainingPairDataset(Dataset):
         }
 
 
+def dataset_names(specs: list[str]) -> list[str]:
+    """A short name per dataset spec (its folder name; repeated names get ``-2``, ``-3``...)."""
+    names: list[str] = []
+    for spec in specs:
+        base = parse_data_spec(spec)[0].resolve().name or "data"
+        name, k = base, 2
+        while name in names:
+            name, k = f"{base}-{k}", k + 1
+        names.append(name)
+    return names
+
+
+def open_view_cache(config: TrainConfig, model: EncodeOnceModel):
+    """The :class:`~refcut.training.view_cache.ViewCache` of ``data.view_cache`` (default ``$REFCUT_CACHE/views``)."""
+    from refcut.training.view_cache import ViewCache
+    from refcut.weights.frozen_encoders import cache_root
+
+    return ViewCache(config.data.view_cache or cache_root() / "views", model)
+
+
+def build_cached_dataset(config: TrainConfig, model: EncodeOnceModel, pair_source: Any = None, progress: bool = True):
+    """Build the missing cached views of the training data (resumable), load them, and wrap them as samples."""
+    from refcut.training.cached_pairs import CachedViewPairDataset
+
+    datasets = open_training_datasets(config.data.datasets)
+    named = list(zip(dataset_names(config.data.datasets), datasets))
+    cache = open_view_cache(config, model)
+    cache.build(named, config.data.views, seed=config.seed, progress=progress)
+    objects = cache.load(named, progress=progress)
+    sampler = pair_source if pair_source is not None else build_pair_source(config, datasets)
+    return CachedViewPairDataset(sampler, objects, [name for name, _ in named], config, num_point_rows(config))
+
+
 class StepBatchSampler(Sampler[list[int]]):
     """Batches for steps ``start..steps-1``: step ``s`` on rank ``r`` gets indices ``((s*W + r)*B + i)``."""
 
@@ -175,11 +210,21 @@ class StepBatchSampler(Sampler[list[int]]):
 # -- model, parameters, optimiser ---------------------------------------------------------------
 
 
-def build_initial_model(config: TrainConfig) -> RefCutModel:
+def is_encode_once(model: nn.Module) -> bool:
+    """Whether ``model`` is of the encode-once family (trained on cached views)."""
+    return isinstance(model, EncodeOnceModel)
+
+
+def build_initial_model(config: TrainConfig) -> RefCutModel | EncodeOnceModel:
     """The network to train, initialised from scratch, DINOv2 or a checkpoint (``config.model.init``)."""
     setup = config.model
     overrides = {"image_size": setup.image_size} if setup.image_size else {}
     init = setup.init
+    if setup.preset in ENCODE_ONCE_PRESETS and init == "scratch":
+        preset = EncodeOnceConfig.from_preset(setup.preset)
+        if setup.image_size:
+            preset = replace(preset, encoder=replace(preset.encoder, image_size=setup.image_size))
+        return build_any_model(preset)
     if init in ("scratch", "dinov2"):
         model = build_model(ModelConfig.from_preset(setup.preset, **overrides))
         if init == "dinov2":
@@ -204,9 +249,15 @@ def build_initial_model(config: TrainConfig) -> RefCutModel:
     return loaded
 
 
-def freeze_parameters(model: RefCutModel, freeze_blocks: int, no_reference: bool) -> None:
+def freeze_parameters(model: RefCutModel | EncodeOnceModel, freeze_blocks: int, no_reference: bool) -> None:
     """Freeze the first ``freeze_blocks`` blocks (+ patch/position embeddings when > 0); the
-    reference branch too in baseline mode (it is never called). Everything else is trainable."""
+    reference branch too in baseline mode (it is never called). Everything else is trainable.
+    The encode-once family's encoders are always frozen (``freeze_blocks`` does not apply)."""
+    if is_encode_once(model):
+        for name, param in model.named_parameters():
+            frozen = name.startswith(model.FROZEN_PREFIXES) or (no_reference and name.startswith("reference."))
+            param.requires_grad_(not frozen)
+        return
     depth = len(model.backbone.blocks)
     if freeze_blocks > depth:
         raise ValueError(f"optim.freeze_blocks={freeze_blocks} exceeds the backbone depth {depth}")
@@ -240,7 +291,7 @@ def build_param_groups(model: RefCutModel, config: TrainConfig) -> list[dict[str
     and embeddings get no weight decay.
     """
     optim = config.optim
-    depth = len(model.backbone.blocks)
+    depth = 0 if is_encode_once(model) else len(model.backbone.blocks)
     groups: dict[tuple[float, float], dict[str, Any]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -287,6 +338,8 @@ def compute_prompts(model: RefCutModel, batch: dict[str, torch.Tensor], referenc
     ``reference_grad`` is False); the prompt MLPs always run (on zero features for the others),
     so every reference parameter is in the graph each step.
     """
+    if is_encode_once(model):  # cached reference tokens: pooling and the prompt MLPs only
+        return model.reference_prompt(batch["reference_tokens"].float(), batch["positive_mask"], batch["negative_mask"])
     has = batch["has_reference"]
     image = batch["reference_image"]
     b, _, height, width = image.shape
@@ -334,9 +387,14 @@ def training_step(
     autocast: Any,
 ) -> StepOutput:
     """Forward passes of one step (simulated clicks + final pass) and the loss; no backward."""
-    image, gt = batch["image"], batch["gt"]
-    device = image.device
+    gt = batch["gt"]
+    device = gt.device
     points = batch["points"].cpu()
+    if is_encode_once(model):  # the view's cached features stand in for the image
+        inputs = ViewFeatures(batch["tokens"], batch["edges4"], batch["edges8"])
+        view = None
+    else:
+        inputs = batch["image"]
     with autocast():
         prompt = None if config.no_reference else compute_prompts(model, batch, config.reference_grad)
     prev = torch.zeros_like(gt)
@@ -349,13 +407,17 @@ def training_step(
             with torch.no_grad():
                 for i in range(num_extra):
                     with autocast():
-                        logits = model(image, prev, points.to(device), detached)
+                        if is_encode_once(model):  # the click-independent part once per step
+                            view = model.encode_view(inputs) if view is None else view
+                            logits = model.decode(view, prev, points.to(device), detached)
+                        else:
+                            logits = model(inputs, prev, points.to(device), detached)
                     prev = torch.sigmoid(logits.float())
                     points = add_training_clicks(points, prev, gt, first_row + i, config.click_threshold, rng)
         finally:
             model.train()
     with autocast():
-        logits = wrapped(image, prev, points.to(device), prompt)
+        logits = wrapped(inputs, prev, points.to(device), prompt)
     loss = normalized_focal_loss(logits.float(), gt, config.loss_alpha, config.loss_gamma).mean()
     with torch.no_grad():
         pred = torch.sigmoid(logits.float()) > config.click_threshold
@@ -425,8 +487,7 @@ def load_checkpoint(
     folder: Path, model: RefCutModel, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any
 ) -> int:
     """Restore model, optimizer, scheduler, scaler and RNG from a checkpoint folder; returns its step."""
-    weights = load_file(str(folder / WEIGHTS_NAME))
-    model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in weights.items()}, strict=True)
+    load_stored_state(model, load_file(str(folder / WEIGHTS_NAME)), folder / WEIGHTS_NAME)
     state = torch.load(folder / TRAINER_STATE_NAME, map_location="cpu", weights_only=True)
     saved_names = _saved_group_names(state["optimizer"]["param_groups"], folder, model)
     regrouped = saved_names != [list(group["names"]) for group in optimizer.param_groups]
@@ -679,9 +740,12 @@ def _train(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
 
-    if pair_source is None:
-        pair_source = build_pair_source(config)
-    dataset = TrainingPairDataset(pair_source, config, model.config.image_size)
+    if is_encode_once(model):
+        dataset = build_cached_dataset(config, model, pair_source, progress and context.is_main)
+    else:
+        if pair_source is None:
+            pair_source = build_pair_source(config)
+        dataset = TrainingPairDataset(pair_source, config, model.config.image_size)
     loader = DataLoader(
         dataset,
         batch_sampler=StepBatchSampler(start_step, end_step, config.batch_size, context.rank, context.world_size),

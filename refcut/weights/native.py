@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from refcut.model import ModelConfig, RefCutModel, build_model
+from refcut.model.encode_once import FAMILY as ENCODE_ONCE, EncodeOnceConfig, EncodeOnceModel
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -44,44 +45,81 @@ def resolve_weights(path: str | Path) -> tuple[Path, Path]:
     return config, weights
 
 
-def read_config(config_path: Path) -> tuple[ModelConfig, dict]:
-    """Parse ``config.json`` -> ``(ModelConfig, metadata)``."""
+EARLY_FUSION = "early_fusion"
+AnyModel = RefCutModel | EncodeOnceModel
+
+
+def read_config(config_path: Path) -> tuple[ModelConfig | EncodeOnceConfig, dict]:
+    """Parse ``config.json`` -> ``(model config, metadata)``; ``family`` picks the config class."""
     try:
         data = json.loads(Path(config_path).read_text())
-        model = ModelConfig.from_dict(data["model"])
+        family = data.get("family", EARLY_FUSION)
+        if family == ENCODE_ONCE:
+            model = EncodeOnceConfig.from_dict(data["model"])
+        elif family == EARLY_FUSION:
+            model = ModelConfig.from_dict(data["model"])
+        else:
+            raise ValueError(f"unknown model family {family!r} (known: {EARLY_FUSION}, {ENCODE_ONCE})")
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{config_path} is not a RefCut model config: {error}") from error
-    return model, {k: v for k, v in data.items() if k != "model"}
+    return model, {k: v for k, v in data.items() if k not in ("model", "family")}
 
 
-def load_pretrained(path: str | Path) -> tuple[RefCutModel, dict]:
+def build_any_model(config: ModelConfig | EncodeOnceConfig) -> AnyModel:
+    """A freshly initialised network of either family (encode-once: packaged encoders loaded)."""
+    if isinstance(config, EncodeOnceConfig):
+        model = EncodeOnceModel(config)
+        if config.encoder_weights == "packaged":
+            from refcut.weights.frozen_encoders import load_frozen_encoders
+
+            load_frozen_encoders(model)
+        return model
+    return build_model(config)
+
+
+def stored_state(model: AnyModel) -> dict[str, torch.Tensor]:
+    """The tensors a checkpoint stores (the encode-once family leaves out its packaged frozen encoders)."""
+    return model.stored_state_dict() if isinstance(model, EncodeOnceModel) else model.state_dict()
+
+
+def load_stored_state(model: AnyModel, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load :func:`stored_state` tensors; any missing or extra key is an error naming ``source``."""
+    expected = stored_state(model)
+    state = {k: v.to(expected[k].dtype) if k in expected and v.is_floating_point() else v for k, v in state.items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{source} does not match its config: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def load_pretrained(path: str | Path) -> tuple[AnyModel, dict]:
     """Build the model from its config and load its weights strictly (missing or extra keys are errors)."""
     config_path, weights_path = resolve_weights(path)
     config, meta = read_config(config_path)
-    model = build_model(config)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights_path)).items()}
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{weights_path} does not match its config: missing {result.missing_keys[:5]}"
-            f"{'...' if len(result.missing_keys) > 5 else ''}, unexpected {result.unexpected_keys[:5]}"
-        )
+    model = build_any_model(config)
+    load_stored_state(model, load_file(str(weights_path)), weights_path)
     return model.eval(), meta
 
 
 def save_pretrained(
-    model: RefCutModel, directory: str | Path, metadata: dict | None = None, dtype: torch.dtype = torch.float32
+    model: AnyModel, directory: str | Path, metadata: dict | None = None, dtype: torch.dtype = torch.float32
 ) -> Path:
     """Write ``config.json`` and ``model.safetensors`` (optionally fp16) into ``directory``."""
     from refcut import __version__
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in model.state_dict().items()}
+    state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in stored_state(model).items()}
     tmp = directory / (WEIGHTS_NAME + ".tmp")
     save_file(state, str(tmp), metadata={"format": "refcut", "format_version": str(FORMAT_VERSION)})
     tmp.replace(directory / WEIGHTS_NAME)
-    config = {"format_version": FORMAT_VERSION, "refcut_version": __version__, "model": model.config.to_dict()}
+    family = ENCODE_ONCE if isinstance(model, EncodeOnceModel) else EARLY_FUSION
+    config = {"format_version": FORMAT_VERSION, "refcut_version": __version__, "family": family,
+              "model": model.config.to_dict()}
     config.update(metadata or {})
     (directory / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     return directory

