@@ -2,7 +2,7 @@
 
 Serves a fresh copy of the bundled demo project and drives the page with Playwright. Uses
 ``--model PATH`` when given; otherwise the classic GrabCut click baseline
-(``refcut.evaluation.baselines.GrabCutPredictor``) stands in for the model, so the pictures show
+(``refcut.predictor.baselines.GrabCutPredictor``) stands in for the model, so the pictures show
 the interface with plausible masks before a trained model ships (GrabCut ignores the reference).
 
 Usage: python scripts/app_screenshots.py [--model DIR] [--out docs/screenshots]
@@ -41,7 +41,7 @@ def serve(project_dir: Path, model: Path | None):
 
         predictor, name = RefCutPredictor.from_pretrained(model), str(model)
     else:
-        from refcut.evaluation.baselines import GrabCutPredictor
+        from refcut.predictor.baselines import GrabCutPredictor
 
         predictor, name = GrabCutPredictor(), "GrabCut baseline (stand-in)"
     app = create_app(project, ModelSession(predictor, project), model_name=name)

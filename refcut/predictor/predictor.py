@@ -21,6 +21,7 @@ from refcut.model import RefCutModel
 from refcut.model.click_decoder import ViewEncoding
 from refcut.model.encode_once import EncodeOnceModel
 from refcut.predictor.base import PredictionResult
+from refcut.predictor.baselines import grabcut_refine
 from refcut.predictor.transforms import (
     Box,
     ZoomInSettings,
@@ -33,7 +34,10 @@ from refcut.predictor.transforms import (
 )
 from refcut.weights.native import DEFAULT_MODEL_DIR, load_pretrained, save_pretrained
 
-__all__ = ["RefCutPredictor", "PredictionResult", "as_rgb_uint8"]
+__all__ = ["RefCutPredictor", "PredictionResult", "as_rgb_uint8", "REFINEMENTS"]
+
+REFINEMENTS = (None, "grabcut")
+"""Boundary steps after the network (``refine=``)."""
 
 
 def as_rgb_uint8(image: np.ndarray, what: str = "image") -> np.ndarray:
@@ -81,6 +85,11 @@ class RefCutPredictor:
     a zoom-in crop is encoded once when the box changes and reused while it does not, and
     ``predict`` runs only the decoder. ``flip`` defaults to off for this family (it would need a
     second encoder pass per view).
+
+    ``refine="grabcut"`` adds a boundary step: GrabCut initialised from the network's probability
+    with the clicks as hard seeds (:func:`refcut.predictor.baselines.grabcut_refine`). When the
+    caller passes that refined mask back as ``prev_mask``, the network is fed its own previous
+    probability instead.
     """
 
     def __init__(
@@ -93,9 +102,16 @@ class RefCutPredictor:
         precision: str = "fp32",
         reference_cache_size: int = 8,
         image_cache_size: int = 4,
+        refine: str | None = None,
     ) -> None:
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        if refine not in REFINEMENTS:
+            raise ValueError(f"refine must be one of {REFINEMENTS}, got {refine!r}")
+        self.refine = refine
+        self._image_np: np.ndarray | None = None
+        self._last_refined: np.ndarray | None = None
+        self._last_raw: np.ndarray | None = None
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.zoom_in = zoom_in if isinstance(zoom_in, ZoomInSettings) else ZoomInSettings(enabled=bool(zoom_in))
@@ -212,6 +228,8 @@ class RefCutPredictor:
         """
         image = as_rgb_uint8(image)
         self._image = self._to_tensor(image)
+        self._image_np = image
+        self._last_refined = self._last_raw = None
         self._image_features = None
         self._box = None
         if self.encode_once:
@@ -293,6 +311,8 @@ class RefCutPredictor:
         """
         height, width = self.image_size
         coords, labels = self._validate_clicks(point_coords, point_labels)
+        if self.refine is not None and prev_mask is not None and prev_mask is self._last_refined:
+            prev_mask = self._last_raw  # the network continues from its own probability
         prev = _as_prev(prev_mask, (height, width))
         points_yx = coords[:, ::-1].copy()
         if prev is None or not (prev > self.zoom_in.mask_threshold).any():
@@ -303,7 +323,7 @@ class RefCutPredictor:
         size = self.input_size
         prev_t = torch.zeros(1, 1, height, width, device=self.device) if prev is None else torch.from_numpy(prev).to(self.device)[None, None]
         if self.encode_once:
-            return self._predict_encode_once(box, prev_t, points_yx, labels)
+            return self._finish(self._predict_encode_once(box, prev_t, points_yx, labels), coords, labels)
         net_image = crop_resize(self._image, box, size)
         net_prev = crop_resize(prev_t, box, size)
         net_points = points_to_network(points_yx, box, size)
@@ -319,11 +339,18 @@ class RefCutPredictor:
         if self.flip:
             logits = 0.5 * (logits[:1] + logits[1:].flip(-1))
         prob = paste_back(torch.sigmoid(logits[0, 0]), box, height, width).clamp(0, 1)
-        prob_np = prob.cpu().numpy().astype(np.float32)
-        return PredictionResult(mask=prob_np > self.threshold, prob=prob_np)
+        return self._finish(prob.cpu().numpy().astype(np.float32), coords, labels)
 
-    def _predict_encode_once(self, box: Box, prev_t: torch.Tensor, points_yx: np.ndarray, labels: np.ndarray) -> PredictionResult:
-        """The decoder on the (cached) view of ``box``; see :meth:`predict`."""
+    def _finish(self, prob: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> PredictionResult:
+        """Threshold the network's probability, after the boundary step when one is set."""
+        if self.refine == "grabcut":
+            assert self._image_np is not None
+            self._last_raw = prob
+            prob = self._last_refined = grabcut_refine(self._image_np, prob, coords, labels)
+        return PredictionResult(mask=prob > self.threshold, prob=prob)
+
+    def _predict_encode_once(self, box: Box, prev_t: torch.Tensor, points_yx: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """The decoder's HxW probability on the (cached) view of ``box``; see :meth:`predict`."""
         height, width = self.image_size
         size = self.input_size
         assert self._image_key is not None
@@ -334,8 +361,7 @@ class RefCutPredictor:
         with self._autocast():
             logits = self.model.decode(view, net_prev, points, self._prompt).float()
         prob = paste_back(torch.sigmoid(logits[0, 0]), box, height, width).clamp(0, 1)
-        prob_np = prob.cpu().numpy().astype(np.float32)
-        return PredictionResult(mask=prob_np > self.threshold, prob=prob_np)
+        return prob.cpu().numpy().astype(np.float32)
 
     @torch.inference_mode()
     def propose_point(self) -> tuple[int, int] | None:

@@ -1,0 +1,260 @@
+"""Predictors that are not RefCut networks: empty, oracle, click-driven GrabCut, and a no-reference wrapper.
+
+They follow the same :class:`~refcut.predictor.base.InteractivePredictor` protocol, so the app,
+the scripts and the evaluation drive them like a model.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from refcut.predictor.base import InteractivePredictor, PredictionResult
+
+
+def _result_from_mask(mask: np.ndarray) -> PredictionResult:
+    mask = np.asarray(mask, dtype=bool)
+    return PredictionResult(mask=mask, prob=mask.astype(np.float32))
+
+
+class _ReferenceIgnoringPredictor:
+    """Shared plumbing of the baselines: references are accepted and ignored."""
+
+    def __init__(self) -> None:
+        self._image_shape: tuple[int, int] | None = None
+
+    def set_reference(
+        self, image: np.ndarray, positive_mask: np.ndarray | None, negative_mask: np.ndarray | None = None
+    ) -> None:
+        """Accepted and ignored: this baseline does not use references."""
+
+    def clear_reference(self) -> None:
+        """Nothing to clear."""
+
+    def set_image(self, image: np.ndarray) -> None:
+        """Remember the target image (only its size for most baselines)."""
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an HxWx3 image, got shape {image.shape}")
+        self._image_shape = image.shape[:2]
+
+    def _require_image(self) -> tuple[int, int]:
+        if self._image_shape is None:
+            raise RuntimeError("call set_image() before predict()")
+        return self._image_shape
+
+
+class EmptyPredictor(_ReferenceIgnoringPredictor):
+    """Predicts nothing, whatever the clicks (NoC = max clicks everywhere)."""
+
+    def predict(
+        self, point_coords: np.ndarray, point_labels: np.ndarray, prev_mask: np.ndarray | None = None
+    ) -> PredictionResult:
+        return _result_from_mask(np.zeros(self._require_image(), dtype=bool))
+
+
+class OraclePredictor(_ReferenceIgnoringPredictor):
+    """Returns the ground truth (NoC = 1 everywhere). The protocol hands it over via ``set_ground_truth``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._gt: np.ndarray | None = None
+
+    def set_ground_truth(self, gt_mask: np.ndarray) -> None:
+        """The mask to return for the next episode."""
+        self._gt = np.asarray(gt_mask, dtype=bool).copy()
+
+    def predict(
+        self, point_coords: np.ndarray, point_labels: np.ndarray, prev_mask: np.ndarray | None = None
+    ) -> PredictionResult:
+        shape = self._require_image()
+        if self._gt is None:
+            raise RuntimeError("OraclePredictor needs set_ground_truth() before predict()")
+        if self._gt.shape != shape:
+            raise ValueError(f"ground truth {self._gt.shape} does not match the image {shape}")
+        return _result_from_mask(self._gt)
+
+
+def grabcut_in_roi(image: np.ndarray, gc_mask: np.ndarray, iterations: int, min_grow: int) -> np.ndarray:
+    """Run GrabCut (``GC_INIT_WITH_MASK``) inside the box around the (probable) foreground; HxW uint8 result.
+
+    The box is grown by half its size on each side (at least ``min_grow`` px); pixels outside it
+    are background. The RNG is re-seeded first, so results do not depend on call order.
+    """
+    height, width = gc_mask.shape
+    foreground = np.zeros((height, width), np.uint8)
+    ys, xs = np.nonzero(np.isin(gc_mask, (cv2.GC_FGD, cv2.GC_PR_FGD)))
+    if not len(ys):
+        return foreground
+    grow_y = max(min_grow, (ys.max() - ys.min() + 1) // 2)
+    grow_x = max(min_grow, (xs.max() - xs.min() + 1) // 2)
+    top, bottom = max(0, ys.min() - grow_y), min(height, ys.max() + grow_y + 1)
+    left, right = max(0, xs.min() - grow_x), min(width, xs.max() + grow_x + 1)
+    roi_mask = np.ascontiguousarray(gc_mask[top:bottom, left:right])
+    if np.any(np.isin(roi_mask, (cv2.GC_BGD, cv2.GC_PR_BGD))) and np.any(np.isin(roi_mask, (cv2.GC_FGD, cv2.GC_PR_FGD))):
+        bgd_model = np.zeros((1, 65), np.float64)
+        fgd_model = np.zeros((1, 65), np.float64)
+        cv2.setRNGSeed(0)
+        roi_image = np.ascontiguousarray(image[top:bottom, left:right])
+        cv2.grabCut(roi_image, roi_mask, None, bgd_model, fgd_model, iterations, cv2.GC_INIT_WITH_MASK)
+    foreground[top:bottom, left:right] = np.isin(roi_mask, (cv2.GC_FGD, cv2.GC_PR_FGD))
+    return foreground
+
+
+def keep_clicked_components(foreground: np.ndarray, xy: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """HxW bool: the 8-connected components of ``foreground`` that hold a positive click (``xy`` integer pixels)."""
+    _, components = cv2.connectedComponents(foreground.astype(np.uint8), connectivity=8)
+    keep = {int(components[y, x]) for (x, y), label in zip(xy, labels) if label == 1}
+    keep.discard(0)
+    return np.isin(components, list(keep))
+
+
+def grabcut_refine(
+    image: np.ndarray, prob: np.ndarray, coords_xy: np.ndarray, labels: np.ndarray, max_side: int = 320,
+    iterations: int = 4, seed_fraction: float = 0.01,
+) -> np.ndarray:
+    """Sharpen a probability map's boundary with GrabCut; returns an HxW float32 {0, 1} mask.
+
+    Initialisation: ``prob > 0.5`` probable foreground, the rest of the box around it (grown by
+    half its size) probable background, outside it background, click disks (1% of the longer
+    side) definite fore/background. Works on a copy whose longer side is at most
+    ``max_side``; only components holding a positive click are kept.
+    """
+    height, width = prob.shape
+    scale = min(1.0, max_side / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA) if scale < 1 else image
+    small_prob = cv2.resize(prob.astype(np.float32), size, interpolation=cv2.INTER_LINEAR) if scale < 1 else prob
+    small_h, small_w = small_prob.shape
+    xy = np.clip(np.round((np.asarray(coords_xy, np.float64) + 0.5) * scale - 0.5), 0, [small_w - 1, small_h - 1]).astype(int)
+    gc_mask = np.full((small_h, small_w), cv2.GC_PR_BGD, np.uint8)
+    gc_mask[small_prob > 0.5] = cv2.GC_PR_FGD
+    radius = max(2, round(seed_fraction * max(small_h, small_w)))
+    for (x, y), label in zip(xy, labels):
+        cv2.circle(gc_mask, (int(x), int(y)), radius, int(cv2.GC_FGD if label == 1 else cv2.GC_BGD), thickness=-1)
+    foreground = grabcut_in_roi(np.ascontiguousarray(small), gc_mask, iterations, radius)
+    foreground = keep_clicked_components(foreground, xy, labels).astype(np.float32)
+    if scale < 1:
+        foreground = (cv2.resize(foreground, (width, height), interpolation=cv2.INTER_LINEAR) > 0.5).astype(np.float32)
+    return foreground
+
+
+class GrabCutPredictor(_ReferenceIgnoringPredictor):
+    """Classic click-driven GrabCut (OpenCV), the non-learned baseline.
+
+    Design, per prediction (all on a copy downscaled so its longer side is at most
+    ``max_side`` px, the result upsampled bilinearly and thresholded at 0.5):
+
+    - Seeds: a disk of radius ``seed_radius`` (1% of the longer side, at least 2 px) around
+      every click, definite foreground for positive clicks, definite background for negative.
+    - Initial mask, everything else: probable background, except the probable-foreground
+      region, which is the previous prediction when there is one, plus a disk of radius
+      ``region_radius`` (15% of the longer side) around every positive click that the
+      previous prediction does not already cover (on the first click: just that disk), minus, for
+      every negative click, the pixels within ``region_radius`` of it that are closer to it
+      than to any positive click.
+    - GrabCut runs only inside the box around the probable foreground and positive seeds,
+      grown by half its size on each side (at least ``region_radius``); outside is
+      background. This keeps the colour models local and the cost low.
+    - ``iterations`` GrabCut iterations from that mask (``GC_INIT_WITH_MASK``); the RNG is
+      re-seeded before each call so results do not depend on the order of episodes.
+    - Only the connected components of the foreground that contain a positive click are
+      kept (GrabCut otherwise grabs similarly coloured regions anywhere in the image).
+    - No positive click yet → empty prediction.
+    """
+
+    def __init__(self, max_side: int = 256, iterations: int = 2, seed_fraction: float = 0.01,
+                 region_fraction: float = 0.15) -> None:
+        super().__init__()
+        self.max_side = max_side
+        self.iterations = iterations
+        self.seed_fraction = seed_fraction
+        self.region_fraction = region_fraction
+        self._small: np.ndarray | None = None
+        self._scale = 1.0
+
+    def set_image(self, image: np.ndarray) -> None:
+        super().set_image(image)
+        height, width = image.shape[:2]
+        self._scale = min(1.0, self.max_side / max(height, width))
+        if self._scale < 1.0:
+            size = (max(1, round(width * self._scale)), max(1, round(height * self._scale)))
+            small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        else:
+            small = image
+        self._small = np.ascontiguousarray(small, dtype=np.uint8)
+
+    def predict(
+        self, point_coords: np.ndarray, point_labels: np.ndarray, prev_mask: np.ndarray | None = None
+    ) -> PredictionResult:
+        full_shape = self._require_image()
+        assert self._small is not None
+        coords = np.asarray(point_coords, dtype=np.float64).reshape(-1, 2)
+        labels = np.asarray(point_labels).reshape(-1)
+        if not np.any(labels == 1):
+            return _result_from_mask(np.zeros(full_shape, dtype=bool))
+        small_h, small_w = self._small.shape[:2]
+        # Pixel centres map as (x + 0.5) * scale - 0.5.
+        small_xy = np.clip(np.round((coords + 0.5) * self._scale - 0.5), 0, [small_w - 1, small_h - 1]).astype(int)
+        longer = max(small_h, small_w)
+        seed_radius = max(2, round(self.seed_fraction * longer))
+        region_radius = max(seed_radius + 1, round(self.region_fraction * longer))
+
+        probable_fg = np.zeros((small_h, small_w), dtype=np.uint8)
+        if prev_mask is not None:
+            prev_small = cv2.resize(np.asarray(prev_mask, dtype=np.float32), (small_w, small_h),
+                                    interpolation=cv2.INTER_LINEAR)
+            probable_fg[prev_small > 0.49] = 1
+        for (x, y), label in zip(small_xy, labels):
+            if label == 1 and not probable_fg[y, x]:
+                cv2.circle(probable_fg, (int(x), int(y)), region_radius, 1, thickness=-1)
+        if np.any(labels != 1):
+            # A negative click removes the pixels near it (within region_radius) that are closer
+            # to it than to every positive click.
+            grid_y, grid_x = np.mgrid[0:small_h, 0:small_w]
+            positives = small_xy[labels == 1]
+            to_positive = np.min([np.hypot(grid_x - px, grid_y - py) for px, py in positives], axis=0)
+            for (x, y), label in zip(small_xy, labels):
+                if label != 1:
+                    to_negative = np.hypot(grid_x - x, grid_y - y)
+                    probable_fg[(to_negative <= region_radius) & (to_negative < to_positive)] = 0
+
+        gc_mask = np.full((small_h, small_w), cv2.GC_PR_BGD, dtype=np.uint8)
+        gc_mask[probable_fg > 0] = cv2.GC_PR_FGD
+        for (x, y), label in zip(small_xy, labels):
+            value = cv2.GC_FGD if label == 1 else cv2.GC_BGD
+            cv2.circle(gc_mask, (int(x), int(y)), seed_radius, int(value), thickness=-1)
+
+        foreground = grabcut_in_roi(self._small, gc_mask, self.iterations, region_radius)
+        foreground = keep_clicked_components(foreground, small_xy, labels).astype(np.float32)
+
+        if self._scale < 1.0:
+            prob = cv2.resize(foreground, (full_shape[1], full_shape[0]), interpolation=cv2.INTER_LINEAR)
+        else:
+            prob = foreground
+        prob = (prob > 0.5).astype(np.float32)
+        return PredictionResult(mask=prob > 0.5, prob=prob)
+
+
+class NoReferencePredictor:
+    """Wraps a predictor and ignores every reference: "the same network, no reference"."""
+
+    def __init__(self, inner: InteractivePredictor) -> None:
+        self.inner = inner
+
+    def set_reference(
+        self, image: np.ndarray, positive_mask: np.ndarray | None, negative_mask: np.ndarray | None = None
+    ) -> None:
+        """Ignored: the inner predictor's reference is cleared instead."""
+        self.inner.clear_reference()
+
+    def clear_reference(self) -> None:
+        self.inner.clear_reference()
+
+    def set_image(self, image: np.ndarray) -> None:
+        self.inner.set_image(image)
+
+    def predict(
+        self, point_coords: np.ndarray, point_labels: np.ndarray, prev_mask: np.ndarray | None = None
+    ) -> PredictionResult:
+        return self.inner.predict(point_coords, point_labels, prev_mask=prev_mask)
