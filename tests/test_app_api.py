@@ -332,3 +332,25 @@ def test_real_refcut_predictor_through_the_api(tmp_path: Path) -> None:
     proposal = app.client.post("/api/propose", json={"image_id": 2, "label_id": label_id}).json()
     assert proposal["point"] is not None and 0 <= proposal["point"]["x"] < WIDTH and 0 <= proposal["point"]["y"] < HEIGHT
     assert decode_rle(proposal["prediction"]["mask"]).shape == (HEIGHT, WIDTH)
+
+
+def test_encode_once_model_encodes_the_opened_and_next_image_ahead(tmp_path: Path) -> None:
+    """``POST /api/images/{id}/prepare`` encodes that image and the next in the background; clicks then reuse them."""
+    import torch
+
+    from refcut import RefCutPredictor
+    from refcut.model.encode_once import EncodeOnceConfig, EncodeOnceModel
+
+    torch.manual_seed(0)
+    predictor = RefCutPredictor(EncodeOnceModel(EncodeOnceConfig.from_preset("encode_once_tiny_test")))
+    app = App(tmp_path, predictor=predictor)
+    response = app.client.post("/api/images/1/prepare")
+    assert response.status_code == 200 and response.json()["scheduled"] == [1, 2]
+    app.session._prefetch.submit(lambda: None).result(timeout=60)  # the background queue has drained
+    assert predictor.encoder_calls == 2
+    label_id = app.label()
+    app.predict(2, label_id, [{"x": 30, "y": 20}])
+    app.predict(1, label_id, [{"x": 30, "y": 20}])
+    assert predictor.encoder_calls == 2  # both were encoded ahead
+    assert app.client.post("/api/images/1/prepare").json()["scheduled"] == []  # already done: not queued again
+    assert App(tmp_path / "other").client.post("/api/images/1/prepare").json()["scheduled"] == []  # fake model: nothing to do

@@ -81,3 +81,27 @@ def test_compare_runs_pairs_steps_and_windows(tmp_path):
     assert (second["first"], second["last"]) == (3, 4) and second["diff"] == pytest.approx(0.15)
     with pytest.raises(SystemExit, match="log.csv"):
         compare_runs.read_iou(tmp_path / "missing")
+
+
+def test_pack_training_data_keeps_the_training_split_ids_and_parts(tmp_path, monkeypatch):
+    import sys
+    import tarfile
+
+    from refcut.data import open_dataset
+    from test_encode_once import write_parts_folder
+
+    pack = _script("pack_training_data")
+    data = write_parts_folder(tmp_path / "tiny", count=12)
+    out = tmp_path / "pack.tar.gz"
+    monkeypatch.setattr(sys, "argv", ["pack", str(data), "--out", str(out), "--max-side", "32"])
+    pack.main()
+    with tarfile.open(out) as tar:
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    original = open_dataset(data, split="train")
+    packed = open_dataset(tmp_path / "unpacked" / "training_pack" / "tiny", split="train")
+    assert sorted(s.sample_id for s in packed.samples) == sorted(s.sample_id for s in original.samples)
+    sample = packed.samples[0]
+    image = sample.load_image()
+    assert max(image.shape[:2]) == 32
+    masks = sample.load_part_masks()
+    assert set(masks) == {"top", "bottom"} and all(m.any() for m in masks.values())

@@ -548,6 +548,16 @@ def create_app(project: Project, session: ModelSession | None, model_name: str =
             prediction = model.predict(body.image_id, body.label_id, clicks, body.prev_token, body.use_reference)
             return _prediction_json(prediction)
 
+    @app.post("/api/images/{image_id}/prepare")
+    def prepare(image_id: int) -> dict:
+        """Encode this image and the next one in the background (encode-once models); the page calls it on open."""
+        storage.get_image(image_id)
+        if session is None:
+            return {"scheduled": []}
+        ids = [im.id for im in storage.list_images()]
+        following = ids[ids.index(image_id) + 1 : ids.index(image_id) + 2] if image_id in ids else []
+        return {"scheduled": session.prepare([image_id, *following])}
+
     def proposal_json(model: ModelSession, image_id: int, label_id: int) -> dict:
         proposal = model.propose(image_id, label_id)
         result: dict = {"image_id": image_id, "point": None, "reason": proposal.reason, "prediction": None}

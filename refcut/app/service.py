@@ -64,6 +64,10 @@ class ModelSession:
         self.max_side = max_side
         self.threshold = float(getattr(predictor, "threshold", 0.5))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refcut-model")
+        # Encode-once models encode images ahead (the next image while the user works on this one)
+        # on a second thread: preload() is safe beside predict() and only fills the predictor's cache.
+        self._prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refcut-prefetch")
+        self._prefetched: OrderedDict[tuple, None] = OrderedDict()
         self._lock = threading.Lock()
         self._image_key: tuple | None = None
         self._image_shape: tuple[int, int] = (0, 0)  # full size (height, width)
@@ -77,8 +81,44 @@ class ModelSession:
     def can_propose(self) -> bool:
         return callable(getattr(self.predictor, "propose_point", None))
 
+    @property
+    def can_prepare(self) -> bool:
+        """Whether the predictor can encode images ahead of use (encode-once models)."""
+        return callable(getattr(self.predictor, "preload", None)) and bool(getattr(self.predictor, "encode_once", False))
+
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._prefetch.shutdown(wait=False, cancel_futures=True)
+
+    def prepare(self, image_ids: list[int]) -> list[int]:
+        """Encode these images in the background (no-op for models without ``preload``); returns those scheduled."""
+        if not self.can_prepare:
+            return []
+        scheduled = []
+        for image_id in image_ids:
+            image = self.project.storage.get_image(image_id)
+            if image.error:
+                continue
+            try:
+                key = (image_id, self.project.image_path(image).stat().st_mtime_ns)
+            except OSError:
+                continue
+            if key in self._prefetched or key == self._image_key:
+                continue
+            self._prefetched[key] = None
+            while len(self._prefetched) > 16:
+                self._prefetched.popitem(last=False)
+
+            def work(image=image) -> None:
+                try:
+                    scaled = self.project.load_scaled(image, self.max_side)
+                    self.predictor.preload(np.array(scaled.rgb))  # type: ignore[attr-defined]
+                except Exception:  # a background guess: errors surface when the image is really used
+                    pass
+
+            self._prefetch.submit(work)
+            scheduled.append(image_id)
+        return scheduled
 
     def _run(self, work: Callable[[], T]) -> T:
         def locked() -> T:

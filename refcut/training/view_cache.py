@@ -147,11 +147,12 @@ def plan_views(
 
 
 def label_map(masks: dict[str, np.ndarray], part_names: tuple[str, ...], shape: tuple[int, int]) -> np.ndarray:
-    """HxW uint8 part ids (``i`` = ``part_names[i - 1]``); where parts overlap the smaller one wins."""
+    """HxW uint8 part ids (``i`` = ``part_names[i - 1]``; names without a mask stay absent); where parts
+    overlap the smaller one wins."""
     if len(part_names) > 255:
         raise ValueError(f"{len(part_names)} parts do not fit a uint8 label map")
     labels = np.zeros(shape, np.uint8)
-    for name in sorted(part_names, key=lambda n: -int(masks[n].sum())):
+    for name in sorted((n for n in part_names if n in masks), key=lambda n: -int(masks[n].sum())):
         labels[masks[name]] = part_names.index(name) + 1
     return labels
 

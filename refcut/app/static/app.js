@@ -326,6 +326,7 @@
     message.hidden = true;
     document.body.dataset.imageLoaded = "0";
     try {
+      api("POST", `/api/images/${im.id}/prepare`).catch(() => {}); // encode this and the next image ahead
       const [img, annotations] = await busy(Promise.all([fetchImage(im.id), api("GET", `/api/images/${im.id}/annotations`)]));
       if (seq !== S.loadSeq) return;
       viewer.setImage(img);
