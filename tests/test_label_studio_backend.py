@@ -397,3 +397,19 @@ def test_http_routes(studio):
     backend.references.references(1, CONFIG)
     assert backend.references.loads == loads + 1
     assert client.get("/health").status_code == 200
+
+
+# -- command line -----------------------------------------------------------------------------
+def test_cli_refuses_clearly_without_token_model_or_valid_reference(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from refcut.cli.main import app
+
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    runner = CliRunner()
+    result = runner.invoke(app, ["label-studio-backend", "--model", str(tmp_path)])
+    assert result.exit_code == 2 and "no Label Studio API key" in result.output
+    result = runner.invoke(app, ["label-studio-backend", "--api-key", "t", "--reference", "hair"])
+    assert result.exit_code == 2 and "LABEL=TASK_ID" in result.output
+    result = runner.invoke(app, ["label-studio-backend", "--api-key", "t", "--model", str(tmp_path / "missing")])
+    assert result.exit_code == 2 and "no model to run" in result.output
