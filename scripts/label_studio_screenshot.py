@@ -62,7 +62,7 @@ def make_predictor(model: Path | None):
         from refcut import RefCutPredictor
 
         return RefCutPredictor.from_pretrained(model), f"refcut-{model.name}"
-    from refcut.evaluation.baselines import GrabCutPredictor
+    from refcut.predictor.baselines import GrabCutPredictor
 
     return GrabCutPredictor(), "grabcut-stand-in"
 

@@ -333,7 +333,7 @@ def test_bad_input_gives_clear_errors_and_the_backend_stays_up(studio, sdk, refc
     assert response.status_code == 422 and "cannot read image" in response.json()["error"]
 
     # Label Studio unreachable: a backend pointed at a closed port.
-    from refcut.evaluation.baselines import EmptyPredictor
+    from refcut.predictor.baselines import EmptyPredictor
 
     lost = in_process_backend(f"http://127.0.0.1:{free_port()}", studio.token, EmptyPredictor())
     lost_server, lost_url = serve_in_thread(lost)
