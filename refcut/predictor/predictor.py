@@ -141,7 +141,9 @@ class RefCutPredictor:
     def from_pretrained(cls, path: str | Path | None = None, device: str = "cpu", **kwargs) -> "RefCutPredictor":
         """Load a native model (directory with ``config.json`` + ``model.safetensors``).
 
-        With no path, loads the default model shipped inside the package.
+        With no path, loads the default model shipped inside the package. Constructor options
+        stored under ``"predictor"`` in ``config.json`` (e.g. ``{"refine": "grabcut"}``) are the
+        defaults; keyword arguments override them.
         """
         if path is None:
             if not (DEFAULT_MODEL_DIR / "model.safetensors").exists():
@@ -151,8 +153,9 @@ class RefCutPredictor:
                     "`refcut import-weights` or `refcut train`)"
                 )
             path = DEFAULT_MODEL_DIR
-        model, _ = load_pretrained(path)
-        return cls(model, device=device, **kwargs)
+        model, meta = load_pretrained(path)
+        options = {**meta.get("predictor", {}), **kwargs}  # a model folder may carry predictor defaults
+        return cls(model, device=device, **options)
 
     def save_pretrained(self, directory: str | Path, **kwargs) -> Path:
         """Write the model in the native format (see :func:`refcut.weights.native.save_pretrained`)."""
