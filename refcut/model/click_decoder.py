@@ -24,18 +24,19 @@ backward pass at 24x24x96 costs ~7 ms per sample, a 3x3 one ~0.8 ms; one attenti
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from refcut.model.clicks import disk_maps
+from refcut.model.config import DictConfig
 
 
 @dataclass(frozen=True)
-class DecoderConfig:
+class DecoderConfig(DictConfig):
     """Widths and depths of :class:`ClickDecoder`.
 
     ``edge_channels`` are the frozen edge features' channels at strides 4 and 8 of the view;
@@ -43,6 +44,8 @@ class DecoderConfig:
     ``low_depth`` more at half its resolution. ``click_radius`` is the disk radius in view
     pixels. ``click_affinity`` / ``reference_affinity`` switch the cosine-affinity maps (ablations).
     """
+
+    config_kind = "decoder config"
 
     width: int = 96
     depth: int = 2
@@ -56,21 +59,6 @@ class DecoderConfig:
     click_affinity: bool = True
     reference_affinity: bool = True
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DecoderConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown decoder config keys: {sorted(unknown)}")
-        values = dict(data)
-        for key in ("edge_channels", "up_channels"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return cls(**values)
 
 
 class ViewFeatures(NamedTuple):

@@ -6,8 +6,27 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 
+class DictConfig:
+    """JSON round trip for frozen dataclass configs: unknown keys are an error, JSON lists become tuples."""
+
+    config_kind = "config"
+    """Named in the unknown-keys error."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        unknown = set(data) - {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        if unknown:
+            raise ValueError(f"unknown {cls.config_kind} keys: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(DictConfig):
     """Everything needed to rebuild a RefCut network (saved as ``config.json`` beside the weights).
 
     ``window_size`` is the attention window in tokens (``None``: every block is
@@ -39,6 +58,8 @@ class ModelConfig:
     image_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     image_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
+    config_kind = "model config"
+
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
@@ -57,23 +78,6 @@ class ModelConfig:
             return tuple(range(self.depth))
         every = self.global_attention_every
         return tuple(i for i in range(self.depth) if (i + 1) % every == 0)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        values = dict(data)
-        for key in ("neck_dims", "image_mean", "image_std"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return cls(**values)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "ModelConfig":

@@ -9,18 +9,18 @@ sees only the image, so its output can be computed once per view and cached.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from refcut.model.backbone import interpolate_pos_embed
+from refcut.model.config import DictConfig
 from refcut.model.layers import Block, PatchEmbed
 
 
 @dataclass(frozen=True)
-class EncoderConfig:
+class EncoderConfig(DictConfig):
     """Shape of the frozen ViT encoder and which block outputs the decoder sees.
 
     ``output_blocks`` are 0-based block indices whose patch tokens are returned (the
@@ -28,6 +28,8 @@ class EncoderConfig:
     DINOv2's ``get_intermediate_layers(norm=True)``); their features are concatenated
     along channels.
     """
+
+    config_kind = "encoder config"
 
     name: str = "dinov2_vits14"
     image_size: int = 448
@@ -57,21 +59,6 @@ class EncoderConfig:
         """Channels of the returned feature map (``embed_dim`` per output block)."""
         return self.embed_dim * len(self.output_blocks)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EncoderConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown encoder config keys: {sorted(unknown)}")
-        values = dict(data)
-        for key in ("output_blocks", "image_mean", "image_std"):
-            if key in values:
-                values[key] = tuple(values[key])
-        return cls(**values)
 
 
 class ViTEncoder(nn.Module):
