@@ -231,3 +231,21 @@ def test_bf16_precision_runs(tiny_model, rng):
     a = predictor.predict(np.array([[10, 10]]), np.array([1])).prob
     b = fp32.predict(np.array([[10, 10]]), np.array([1])).prob
     assert a.dtype == np.float32 and np.abs(a - b).max() < 0.05
+
+
+def test_the_shipped_default_model_loads_and_segments_the_demo_image():
+    """``from_pretrained()`` with no argument: the packaged encode-once model (+ GrabCut boundary step)."""
+    import cv2
+
+    from refcut.weights.native import DEFAULT_MODEL_DIR
+
+    predictor = RefCutPredictor.from_pretrained()
+    assert predictor.encode_once and predictor.refine == "grabcut"
+    assert (DEFAULT_MODEL_DIR / "model.safetensors").stat().st_size < 5 * 2**20  # the decoder only, fp16
+    image = cv2.cvtColor(cv2.imread(str(DEFAULT_MODEL_DIR.parents[1] / "demo" / "images" / "ccp_0001.jpg")), cv2.COLOR_BGR2RGB)
+    predictor.set_image(image)
+    height, width = image.shape[:2]
+    click = np.array([[width // 2, height // 2]])
+    result = predictor.predict(click, np.array([1]))
+    assert result.mask.shape == (height, width) and result.mask[height // 2, width // 2]
+    assert 0.001 < result.mask.mean() < 0.9
