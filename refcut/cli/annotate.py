@@ -14,6 +14,21 @@ import typer
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
 
+def load_predictor_or_exit(model: Path | None, device: str = "cpu", hint: str = ""):
+    """``RefCutPredictor.from_pretrained`` (the shipped default when ``model`` is None), or exit 2 with the reason."""
+    from refcut import RefCutPredictor
+
+    try:
+        return RefCutPredictor.from_pretrained(str(model) if model is not None else None, device=device)
+    except FileNotFoundError as error:
+        typer.echo(f"error: no model to run: {error}\nPass a model folder with --model PATH{', ' + hint if hint else ''}.",
+                   err=True)
+        raise typer.Exit(2) from error
+    except (ValueError, PermissionError) as error:
+        typer.echo(f"error: cannot load model {model or '(the shipped default)'}: {error}", err=True)
+        raise typer.Exit(2) from error
+
+
 def _is_loopback(host: str) -> bool:
     if host in LOOPBACK_NAMES:
         return True
@@ -68,18 +83,9 @@ def annotate(
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
 
-    from refcut import RefCutPredictor
-
-    try:
-        predictor = RefCutPredictor.from_pretrained(str(model) if model is not None else None)
-    except FileNotFoundError as error:
-        typer.echo(f"error: no model to run: {error}\n"
-                   "Pass a model folder with --model PATH, e.g. `refcut annotate PROJECT --images DIR --model my_model/`.",
-                   err=True)
-        raise typer.Exit(2) from error
-    except ValueError as error:
-        typer.echo(f"error: cannot load model {model}: {error}", err=True)
-        raise typer.Exit(2) from error
+    predictor = load_predictor_or_exit(
+        model, hint="e.g. `refcut annotate PROJECT --images DIR --model my_model/`"
+    )
 
     if not _is_loopback(host):
         typer.echo(f"WARNING: listening on {host}: anyone who can reach this machine can read and change this "

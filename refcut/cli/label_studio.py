@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from refcut.cli.annotate import _bind, _is_loopback
+from refcut.cli.annotate import _bind, _is_loopback, load_predictor_or_exit
 
 
 def label_studio_backend(
@@ -30,7 +30,6 @@ def label_studio_backend(
     """Serve RefCut to Label Studio: smart keypoints -> brush masks, one reference per label from your annotations."""
     import uvicorn
 
-    from refcut import RefCutPredictor
     from refcut.integrations.label_studio.backend import RefCutBackend
     from refcut.integrations.label_studio.client import LabelStudioClient, LabelStudioError
     from refcut.integrations.label_studio.references import ReferenceStore, parse_overrides
@@ -47,14 +46,7 @@ def label_studio_backend(
     except ValueError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from error
-    try:
-        predictor = RefCutPredictor.from_pretrained(str(model) if model is not None else None, device=device)
-    except FileNotFoundError as error:
-        typer.echo(f"error: no model to run: {error}\nPass a model folder with --model PATH.", err=True)
-        raise typer.Exit(2) from error
-    except ValueError as error:
-        typer.echo(f"error: cannot load model {model}: {error}", err=True)
-        raise typer.Exit(2) from error
+    predictor = load_predictor_or_exit(model, device=device)
 
     if not _is_loopback(host):
         typer.echo(f"WARNING: listening on {host}: anyone who can reach this machine can run the model and make it "
