@@ -172,6 +172,7 @@ class RefCutPredictor:
         return contextlib.nullcontext()
 
     def _to_tensor(self, image: np.ndarray) -> torch.Tensor:
+        image = image if image.flags.writeable else image.copy()  # torch warns on read-only arrays
         return torch.from_numpy(image).to(self.device).permute(2, 0, 1)[None].float() / 255.0
 
     def _resize_input(self, image: torch.Tensor) -> torch.Tensor:
