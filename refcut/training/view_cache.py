@@ -28,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from refcut.model.click_decoder import ViewFeatures
-from refcut.predictor.transforms import Box, expand_box, full_box, view_resize
+from refcut.predictor.transforms import Box, box_iou, expand_box, full_box, view_resize
 
 CACHE_FORMAT = 1
 VIEW_KINDS = ("full", "flip", "object", "part")
@@ -86,12 +86,6 @@ def _source_stamp(path: Path) -> str:
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def _box_iou(a: Box, b: Box) -> float:
-    from refcut.predictor.transforms import box_iou
-
-    return box_iou(a, b)
-
-
 def _mask_box(mask: np.ndarray) -> Box | None:
     rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
     if not len(rows):
@@ -141,7 +135,7 @@ def plan_views(
             k = 1 if len(large) == 1 or rng.random() < 0.6 else 2
             chosen = rng.choice(len(large), size=k, replace=False)
             box = _jittered_crop(np.any([masks[large[i]] for i in chosen], axis=0), rng)
-        if box is not None and all(_box_iou(box, v.box) < DUPLICATE_IOU for v in views):
+        if box is not None and all(box_iou(box, v.box) < DUPLICATE_IOU for v in views):
             views.append(ViewSpec(kind, box))
     return views
 
