@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import replace
@@ -14,10 +15,12 @@ from PIL import Image
 
 from refcut import RefCutPredictor
 from refcut.data import open_dataset
-from refcut.model.click_decoder import ViewFeatures
+from refcut.model.click_decoder import SplitPointwise, ViewFeatures
+from refcut.model.clicks import compact_points
 from refcut.model.encode_once import EncodeOnceConfig, EncodeOnceModel
 from refcut.training.config import TrainConfig
-from refcut.training.trainer import train
+from refcut.training.losses import normalized_focal_loss
+from refcut.training.trainer import train, training_step
 from refcut.training.view_cache import ViewCache, label_map, plan_views, render_views
 from refcut.weights.native import load_pretrained, save_pretrained
 
@@ -65,6 +68,33 @@ def test_decoder_output_size_and_dtype():
     logits = model(features, torch.zeros(2, 1, size, size), points, None)
     assert logits.shape == (2, 1, size, size) and logits.dtype == torch.float32
     assert torch.isfinite(logits).all()
+
+
+def test_padding_rows_do_not_change_the_prediction_and_native_logits_are_stride_4():
+    model = tiny_model()
+    size = model.config.image_size
+    features = model.encode(torch.rand(2, 3, size, size))
+    prev = torch.rand(2, 1, size, size)
+    pad = [-1.0, -1.0, -1.0]
+    padded = torch.tensor([[pad, [10.0, 12.0, 1.0], pad, [30.0, 40.0, 0.0]], [[20.0, 5.0, 0.0], pad, pad, pad]])
+    compact = compact_points(padded)
+    assert compact.shape == (2, 2, 3)
+    assert compact[0].tolist() == [[10.0, 12.0, 1.0], [30.0, 40.0, 0.0]] and compact[1, 0].tolist() == [20.0, 5.0, 0.0]
+    with torch.no_grad():
+        full = model(features, prev, padded)
+        assert torch.allclose(full, model(features, prev, compact), atol=1e-6)
+        native = model(features, prev, padded, full_size=False)
+    assert native.shape == (2, 1, size // 4, size // 4)
+    upsampled = torch.nn.functional.interpolate(native, size=(size, size), mode="bilinear", align_corners=False)
+    assert torch.allclose(upsampled, full, atol=1e-6)
+
+
+def test_split_pointwise_equals_the_convolution_over_the_concatenation():
+    torch.manual_seed(0)
+    conv = SplitPointwise(5, 3, 4)
+    features, clicks = torch.randn(2, 5, 6, 6), torch.randn(2, 3, 6, 6)
+    expected = torch.nn.functional.conv2d(torch.cat([features, clicks], 1), conv.weight, conv.bias)
+    assert torch.allclose(conv.features_term(features) + conv.clicks_term(clicks), expected, atol=1e-6)
 
 
 def test_clicks_change_the_prediction_locally():
@@ -265,3 +295,24 @@ def test_vit_encoder_matches_the_onnx_backbone():
         ours = encoder(image)
     cosine = torch.nn.functional.cosine_similarity(ours, expected, dim=1)
     assert cosine.min() >= 0.999, float(cosine.min())
+
+
+def test_low_res_loss_is_the_nfl_of_the_native_logits_against_the_area_pooled_target():
+    model = tiny_model().train()
+    size = model.config.image_size
+    features = model.encode(torch.rand(2, 3, size, size))
+    gt = torch.zeros(2, 1, size, size)
+    gt[:, :, 10:31, 7:40] = 1  # edges off the 4-px grid: the pooled target is soft there
+    points = torch.tensor([[[20.0, 20.0, 1.0], [-1.0, -1.0, -1.0]]]).repeat(2, 1, 1)
+    batch = {"gt": gt, "points": points, "tokens": features.tokens, "edges4": features.edges4, "edges8": features.edges8}
+    config = TrainConfig().with_overrides({"no_reference": True, "max_extra_clicks": 0})
+    output = training_step(model, model, batch, config, np.random.default_rng(0), contextlib.nullcontext)
+    native = model(features, torch.zeros_like(gt), points, full_size=False)
+    target = torch.nn.functional.adaptive_avg_pool2d(gt, native.shape[-2:])
+    assert 0 < float(target[(target > 0) & (target < 1)].numel())
+    assert torch.allclose(output.loss, normalized_focal_loss(native, target).mean(), atol=1e-6)
+    assert output.logits.shape == gt.shape  # dumps and the logged IoU stay at full size
+    full = training_step(model, model, batch, replace(config, low_res_loss=False), np.random.default_rng(0),
+                         contextlib.nullcontext)
+    assert torch.allclose(full.loss, normalized_focal_loss(model(features, torch.zeros_like(gt), points), gt).mean(),
+                          atol=1e-6)

@@ -22,3 +22,17 @@ def disk_maps(points: torch.Tensor, height: int, width: int, radius: float) -> t
     positive = (inside & (label == 1)).any(dim=1)
     negative = (inside & (label == 0)).any(dim=1)
     return torch.stack([positive, negative], dim=1).to(points.dtype)
+
+
+def compact_points(points: torch.Tensor) -> torch.Tensor:
+    """Drop padding: per sample the real clicks first (order kept), then only as many rows as the fullest sample.
+
+    ``points`` is ``B x N x 3`` rows ``(y, x, label)`` with label -1 for padding. Encodings that
+    reduce over the clicks (disks, max affinities) give the same result on the compacted tensor.
+    """
+    valid = points[..., 2] >= 0
+    count = int(valid.sum(dim=1).max()) if points.shape[1] else 0
+    if count == points.shape[1]:
+        return points
+    order = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices[:, :count]
+    return torch.gather(points, 1, order[..., None].expand(-1, -1, points.shape[2]))

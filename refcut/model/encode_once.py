@@ -151,10 +151,15 @@ class EncodeOnceModel(nn.Module):
         return self.decoder.encode_view(features, self.config.image_size)
 
     def decode(
-        self, view: ViewEncoding, prev_mask: torch.Tensor, points: torch.Tensor, reference: ReferenceEncoding | None = None
+        self,
+        view: ViewEncoding,
+        prev_mask: torch.Tensor,
+        points: torch.Tensor,
+        reference: ReferenceEncoding | None = None,
+        full_size: bool = True,
     ) -> torch.Tensor:
-        """Logits ``B x 1 x S x S`` for the clicks on an encoded view."""
-        return self.decoder.decode(view, prev_mask, points, reference)
+        """Logits ``B x 1 x S x S`` for the clicks on an encoded view (``S/4`` with ``full_size=False``)."""
+        return self.decoder.decode(view, prev_mask, points, reference, full_size)
 
     def forward(
         self,
@@ -162,12 +167,13 @@ class EncodeOnceModel(nn.Module):
         prev_mask: torch.Tensor,
         points: torch.Tensor,
         reference: ReferenceEncoding | None = None,
+        full_size: bool = True,
     ) -> torch.Tensor:
-        """Logits ``B x 1 x S x S`` from a view's cached features (:meth:`encode`).
+        """Logits ``B x 1 x S x S`` (``S/4`` with ``full_size=False``) from a view's cached features (:meth:`encode`).
 
         ``points`` is ``B x N x 3`` rows ``(y, x, label)`` in view pixels (1 positive, 0 negative, -1 padding).
         """
-        return self.decode(self.encode_view(features), prev_mask, points, reference)
+        return self.decode(self.encode_view(features), prev_mask, points, reference, full_size)
 
 
 def build_encode_once_model(config: EncodeOnceConfig) -> EncodeOnceModel:

@@ -33,6 +33,7 @@ from typing import Any, Iterator, Protocol
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -367,6 +368,13 @@ def add_training_clicks(
     return points
 
 
+def full_size_logits(logits: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Logits bilinearly upsampled to ``like``'s size (unchanged when they match), as the model's full-size output."""
+    if logits.shape[-2:] == like.shape[-2:]:
+        return logits
+    return F.interpolate(logits, size=like.shape[-2:], mode="bilinear", align_corners=False)
+
+
 @dataclass
 class StepOutput:
     """What one training step produced (for logging and dumps)."""
@@ -390,6 +398,7 @@ def training_step(
     gt = batch["gt"]
     device = gt.device
     points = batch["points"].cpu()
+    low_res = config.low_res_loss and is_encode_once(model)
     if is_encode_once(model):  # the view's cached features stand in for the image
         inputs = ViewFeatures(batch["tokens"], batch["edges4"], batch["edges8"])
         view = None
@@ -409,18 +418,23 @@ def training_step(
                     with autocast():
                         if is_encode_once(model):  # the click-independent part once per step
                             view = model.encode_view(inputs) if view is None else view
-                            logits = model.decode(view, prev, points.to(device), detached)
+                            logits = model.decode(view, prev, points.to(device), detached, full_size=not low_res)
                         else:
                             logits = model(inputs, prev, points.to(device), detached)
-                    prev = torch.sigmoid(logits.float())
+                    prev = torch.sigmoid(full_size_logits(logits.float(), gt))
                     points = add_training_clicks(points, prev, gt, first_row + i, config.click_threshold, rng)
         finally:
             model.train()
     with autocast():
-        logits = wrapped(inputs, prev, points.to(device), prompt)
-    loss = normalized_focal_loss(logits.float(), gt, config.loss_alpha, config.loss_gamma).mean()
+        if low_res:
+            logits = wrapped(inputs, prev, points.to(device), prompt, full_size=False)
+        else:
+            logits = wrapped(inputs, prev, points.to(device), prompt)
+    target = gt if logits.shape == gt.shape else F.adaptive_avg_pool2d(gt.float(), logits.shape[-2:])
+    loss = normalized_focal_loss(logits.float(), target, config.loss_alpha, config.loss_gamma).mean()
     with torch.no_grad():
-        pred = torch.sigmoid(logits.float()) > config.click_threshold
+        logits = full_size_logits(logits.detach().float(), gt)
+        pred = torch.sigmoid(logits) > config.click_threshold
         truth = gt > 0.5
         inter = (pred & truth).sum(dim=(1, 2, 3)).float()
         union = (pred | truth).sum(dim=(1, 2, 3)).float()
