@@ -48,9 +48,17 @@ def border_distance(mask: np.ndarray) -> np.ndarray:
 
     Pixels outside the mask get 0; an isolated mask pixel gets 1.
     """
-    padded = np.pad(mask.astype(np.uint8), 1, mode="constant", constant_values=0)
-    dist = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    return dist[1:-1, 1:-1]
+    # Only the mask's bounding box is transformed: the nearest non-mask pixel of any pixel inside
+    # it lies within one pixel of the box (clamping a point to a box containing p never moves it
+    # further from p), so the result is exact and costs the box's size, not the image's.
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    dist = np.zeros(mask.shape, np.float32)
+    if not len(rows):
+        return dist
+    box = np.s_[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
+    padded = np.pad(mask[box].astype(np.uint8), 1, mode="constant", constant_values=0)
+    dist[box] = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    return dist
 
 
 def error_distance_maps(
@@ -141,6 +149,6 @@ def sample_training_click(
         return None
     is_positive = fn_max > fp_max
     chosen, chosen_max = (fn_dt, fn_max) if is_positive else (fp_dt, fp_max)
-    ys, xs = np.nonzero(chosen > chosen_max / 2.0)
-    pick = int(rng.integers(len(ys)))
-    return Click(x=int(xs[pick]), y=int(ys[pick]), is_positive=bool(is_positive))
+    candidates = np.flatnonzero(chosen > chosen_max / 2.0)  # row-major, as np.nonzero
+    y, x = divmod(int(candidates[int(rng.integers(len(candidates)))]), chosen.shape[1])
+    return Click(x=x, y=y, is_positive=bool(is_positive))

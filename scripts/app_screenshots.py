@@ -1,18 +1,19 @@
 """Take the README screenshots of the annotation app (docs/screenshots/*.png) in headless Chromium.
 
-Serves a fresh copy of the bundled demo project and drives the page with Playwright. Uses
-``--model PATH`` when given; otherwise the classic GrabCut click baseline
-(``refcut.predictor.baselines.GrabCutPredictor``) stands in for the model, so the pictures show
-the interface with plausible masks before a trained model ships (GrabCut ignores the reference).
+Serves a fresh copy of the bundled demo project with the shipped default model
+(``refcut/assets/models/default``, as ``refcut annotate`` without ``--model``), or with
+``--model DIR`` when given, and drives the page with Playwright.
 
 Usage: python scripts/app_screenshots.py [--model DIR] [--out docs/screenshots]
-Needs /usr/bin/chromium and the playwright Python package.
+Needs /usr/bin/chromium and the playwright Python package (the browser launch is shared with
+the browser test: ``tests/app_browser.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -20,13 +21,15 @@ from pathlib import Path
 
 import uvicorn
 
+from refcut import RefCutPredictor
 from refcut.app.project import open_demo_project
 from refcut.app.server import create_app
 from refcut.app.service import ModelSession
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+sys.path.insert(0, str(REPO / "tests"))
+from app_browser import launch_chromium  # noqa: E402
+
 # Clicks on demo photo ccp_0006 (image pixels of the 600 px version), placed by the field's automatic
 # clicker against the Clothing Co-Parsing ground truth; (x, y, positive).
 BAG_CLICKS = [(128, 433, True), (172, 373, False), (128, 353, False)]
@@ -35,16 +38,10 @@ FACE_0001 = (229, 85)
 
 
 def serve(project_dir: Path, model: Path | None):
+    """The demo project in ``project_dir`` served in-process with ``model`` (None: the shipped default); (server, url)."""
     project = open_demo_project(project_dir)
-    if model is not None:
-        from refcut import RefCutPredictor
-
-        predictor, name = RefCutPredictor.from_pretrained(model), str(model)
-    else:
-        from refcut.predictor.baselines import GrabCutPredictor
-
-        predictor, name = GrabCutPredictor(), "GrabCut baseline (stand-in)"
-    app = create_app(project, ModelSession(predictor, project), model_name=name)
+    predictor = RefCutPredictor.from_pretrained(model)
+    app = create_app(project, ModelSession(predictor, project), model_name=str(model) if model else "default")
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
@@ -77,7 +74,7 @@ def add_label(page, name: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped default model)")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -86,7 +83,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server, url = serve(Path(tmp) / "demo", args.model)
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+            browser = launch_chromium(playwright)
             # bypass_csp: this script waits with wait_for_function (an eval the app's CSP forbids); the
             # browser test (tests/test_e2e_app.py) runs the page under the real policy.
             page = browser.new_page(viewport={"width": 1360, "height": 820}, bypass_csp=True)

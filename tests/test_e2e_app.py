@@ -1,29 +1,20 @@
-"""End-to-end: `refcut annotate` (demo project, tiny random model) driven by a real headless Chromium.
+"""End-to-end: `refcut annotate` (demo project, the shipped default model) driven by a real headless Chromium.
 
 Needs Debian's ``chromium`` at /usr/bin/chromium and the ``playwright`` Python package (no browser
 download: Playwright drives the system Chromium). The page runs under the app's real
 Content-Security-Policy (no eval, no inline script), so the test waits on DOM attributes with
 selectors rather than with ``wait_for_function`` (which evaluates a string in the page), and any
-CSP violation the browser reports fails it.
+CSP violation the browser reports fails it. The app runs the real default model (no --model), so
+the first click's mask is checked for sense: it covers the clicked pixels and under half the image.
 """
 
 from __future__ import annotations
-
-import os
-import re
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
-REPO = Path(__file__).resolve().parents[1]
+from app_browser import CHROMIUM, annotate_server, launch_chromium, mask_at
 
 pytestmark = [
     pytest.mark.e2e,
@@ -33,44 +24,17 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
-    """`refcut annotate --demo-dir ... --model <tiny random model>` in a subprocess; yields (url, demo_dir)."""
-    import torch
-
-    from refcut import RefCutPredictor
-    from refcut.model import ModelConfig, build_model
-
-    root = tmp_path_factory.mktemp("e2e")
-    torch.manual_seed(0)
-    RefCutPredictor(build_model(ModelConfig.from_preset("tiny_test"))).save_pretrained(root / "model")
-    demo_dir = root / "demo"
-    command = [sys.executable, "-m", "refcut.cli.main", "annotate", "--demo-dir", str(demo_dir),
-               "--model", str(root / "model"), "--port", "0"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    url, lines, deadline = None, [], time.monotonic() + 120
-    while url is None and time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        match = re.search(r"Open (http://127\.0\.0\.1:\d+/)", line)
-        url = match.group(1) if match else None
-    if url is None:
-        process.kill()
-        pytest.fail("refcut annotate did not start:\n" + "".join(lines))
-    yield url, demo_dir
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    """`refcut annotate --demo-dir ...` (shipped default model) in a subprocess; yields (url, demo_dir)."""
+    demo_dir = tmp_path_factory.mktemp("e2e") / "demo"
+    with annotate_server(demo_dir) as url:
+        yield url, demo_dir
 
 
 @pytest.fixture(scope="module")
 def browser():
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright Python package")
     with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        chromium = launch_chromium(playwright)
         yield chromium
         chromium.close()
 
@@ -102,16 +66,20 @@ def test_click_accept_reload_export(server, browser) -> None:
     box = canvas.bounding_box()
     point = {"x": box["width"] * 0.5, "y": box["height"] * 0.25}
     before = _canvas_pixels(page, point["x"], point["y"])
-    canvas.click(position=point)
-    page.wait_for_selector("#canvas:not([data-mask-area='0'])", state="attached", timeout=30_000)
+    canvas.click(position=point)  # the first click also encodes the image
+    page.wait_for_selector("#canvas:not([data-mask-area='0'])", state="attached", timeout=60_000)
     page.wait_for_selector("body[data-busy='0']")
     after = _canvas_pixels(page, point["x"], point["y"])
     assert np.abs(np.array(after) - np.array(before)).sum() > 0, "the overlay did not change the canvas"
     area_one_click = int(canvas.get_attribute("data-mask-area"))
+    mask = mask_at(page, point["x"], point["y"])
+    assert (mask["width"], mask["height"]) == (397, 600)  # ccp_0001.jpg
+    assert mask["inside"], "the first mask does not cover the clicked pixels"
+    assert area_one_click < 0.5 * 397 * 600, f"the first mask covers {area_one_click} px, over half the image"
 
     canvas.click(position={"x": box["width"] * 0.5, "y": box["height"] * 0.8}, button="right")
     page.wait_for_selector("body[data-busy='0'] #canvas[data-clicks='2']:not([data-mask-area=''])", state="attached",
-                           timeout=30_000)
+                           timeout=60_000)
     page.keyboard.press("Control+z")
     page.wait_for_selector("#canvas[data-clicks='1']", state="attached")
     assert int(canvas.get_attribute("data-mask-area")) == area_one_click  # undo restores the one-click mask

@@ -15,12 +15,12 @@ from PIL import Image
 
 from refcut import RefCutPredictor
 from refcut.data import open_dataset
-from refcut.model.click_decoder import SplitPointwise, ViewFeatures
+from refcut.model.click_decoder import SplitPointwise, ViewFeatures, nearest_exemplar_affinity, select_exemplars
 from refcut.model.clicks import compact_points
 from refcut.model.encode_once import EncodeOnceConfig, EncodeOnceModel
 from refcut.training.config import TrainConfig
 from refcut.training.losses import normalized_focal_loss
-from refcut.training.trainer import train, training_step
+from refcut.training.trainer import train, training_step, warm_start
 from refcut.training.view_cache import ViewCache, label_map, plan_views, render_views
 from refcut.weights.native import load_pretrained, save_pretrained
 
@@ -182,7 +182,11 @@ def test_view_cache_round_trip_and_invalidation(tmp_path):
 
     assert cache.build(named, ("full", "part"), progress=False)["encoded_views"] == 0  # all up to date
     stat = sample.image_path.stat()
-    os.utime(sample.image_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the source changed
+    os.utime(sample.image_path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # copied data: new mtime, same bytes
+    assert cache.build(named, ("full", "part"), progress=False)["encoded_views"] == 0
+    image = np.asarray(Image.open(sample.image_path)).copy()
+    image[0, 0] ^= 255
+    Image.fromarray(image).save(sample.image_path)  # the source changed
     rebuilt = cache.build(named, ("full", "part"), progress=False)
     assert rebuilt["objects"] == 1
     other = ViewCache(tmp_path / "cache", tiny_model(seed=1))  # other encoder weights: nothing valid
@@ -316,3 +320,56 @@ def test_low_res_loss_is_the_nfl_of_the_native_logits_against_the_area_pooled_ta
                          contextlib.nullcontext)
     assert torch.allclose(full.loss, normalized_focal_loss(model(features, torch.zeros_like(gt), points), gt).mean(),
                           atol=1e-6)
+
+
+def test_exemplars_lie_under_the_mask_and_are_spread_over_a_large_region():
+    unit = torch.nn.functional.normalize(torch.randn(2, 8, 10, 10), dim=1)
+    mask = torch.zeros(2, 1, 40, 40)
+    mask[0, :, 4:8, 8:12] = 1  # one token
+    mask[1, :, :, :20] = 1  # the left half: 50 tokens, more than K
+    tokens, valid = select_exemplars(unit, mask, count=16)
+    assert tokens.shape == (2, 16, 8) and valid.shape == (2, 16)
+    assert valid[0].sum() == 1 and valid[1].all()
+    flat = unit.flatten(2).transpose(1, 2)
+    assert torch.allclose(tokens[0][valid[0]], flat[0, 1 * 10 + 2][None])
+    left = flat[1].view(10, 10, 8)[:, :5].reshape(-1, 8)
+    chosen_rows = [int(torch.nonzero((left == t).all(dim=1))[0]) // 5 for t in tokens[1]]  # every pick is a left token
+    assert min(chosen_rows) < 3 and max(chosen_rows) > 6  # spread, not the first rows only
+    for mask_or_none in (None, torch.zeros(2, 1, 40, 40)):
+        tokens, valid = select_exemplars(unit, mask_or_none, count=16)
+        assert not valid.any() and torch.count_nonzero(tokens) == 0
+
+
+def test_nearest_exemplar_affinity_is_the_best_cosine_to_the_masked_reference_tokens():
+    model = tiny_model()
+    size = model.config.image_size
+    target = model.encode(torch.rand(1, 3, size, size))
+    reference_tokens = model.encode_reference(torch.rand(1, 3, size, size))
+    positive = torch.zeros(1, 1, size, size)
+    positive[..., : size // 2, : size // 2] = 1
+    reference = model.reference_prompt(reference_tokens, positive, None)
+    maps = nearest_exemplar_affinity(model.encode_view(target).unit_features, reference)
+    unit_target = torch.nn.functional.normalize(target.tokens, dim=1).flatten(2)[0]  # D x 16
+    unit_reference = torch.nn.functional.normalize(reference_tokens, dim=1)[0]
+    masked = unit_reference[:, :2, :2].reshape(unit_reference.shape[0], -1)  # the 4 tokens under the mask
+    expected = (masked.T @ unit_target).amax(dim=0).view(4, 4)
+    assert torch.allclose(maps[0, 0], expected, atol=1e-5)
+    assert torch.count_nonzero(maps[0, 1]) == 0  # no negative mask
+
+
+def test_warm_start_into_wider_token_maps_keeps_the_checkpoints_function():
+    old = EncodeOnceModel(replace(EncodeOnceConfig.from_preset(TINY), decoder=replace(
+        EncodeOnceConfig.from_preset(TINY).decoder, reference_nearest=False))).eval()
+    new = tiny_model(seed=1)
+    warm_start(new, old.state_dict(), "old")
+    size = new.config.image_size
+    features = old.encode(torch.rand(1, 3, size, size))
+    mask = torch.ones(1, 1, size, size)
+    points = torch.tensor([[[20.0, 30.0, 1.0]]])
+    prev = torch.zeros(1, 1, size, size)
+    expected = old(features, prev, points, old.reference_prompt(features.tokens, mask, None))
+    assert torch.allclose(new(features, prev, points, new.reference_prompt(features.tokens, mask, None)), expected, atol=1e-6)
+    narrow = EncodeOnceModel(replace(EncodeOnceConfig.from_preset(TINY), decoder=replace(
+        EncodeOnceConfig.from_preset(TINY).decoder, width=8))).state_dict()
+    with pytest.raises(ValueError, match="needs"):
+        warm_start(new, narrow, "narrow")

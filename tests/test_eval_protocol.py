@@ -16,6 +16,8 @@ from refcut.evaluation.baselines import (
 from refcut.evaluation.metrics import summarize
 from refcut.evaluation.protocol import EpisodeData, evaluate_episode, iou
 from refcut.predictor.base import InteractivePredictor, PredictionResult
+from refcut.predictor.baselines import grabcut_refine
+from refcut.weights.native import DEFAULT_MODEL_DIR
 
 
 def shapes_episode(seed: int, size: int = 120) -> EpisodeData:
@@ -170,3 +172,23 @@ def test_load_predictor_specs(tmp_path):
     assert isinstance(load_predictor("empty"), EmptyPredictor)
     with pytest.raises(FileNotFoundError, match="neither a baseline"):
         load_predictor(str(tmp_path / "missing-model"))
+    for suffix in ("grabcut", "grabcut-band"):  # a model path with a boundary step
+        assert load_predictor(f"{DEFAULT_MODEL_DIR}+{suffix}").refine == suffix
+    with pytest.raises(FileNotFoundError, match="neither a baseline"):
+        load_predictor(f"{DEFAULT_MODEL_DIR}+unknown-step")
+
+
+def test_band_limited_grabcut_moves_the_boundary_only_near_it():
+    rng = np.random.default_rng(0)
+    image = np.full((120, 160, 3), 60, np.uint8)
+    image[30:90, 20:140] = (200, 40, 40)  # one red region; the network claims only its left part
+    image = np.clip(image.astype(int) + rng.integers(-8, 9, image.shape), 0, 255).astype(np.uint8)
+    prob = np.zeros((120, 160), np.float32)
+    prob[32:88, 20:70] = 1.0
+    clicks, labels = np.array([[45, 60]]), np.array([1])
+    free = grabcut_refine(image, prob, clicks, labels)
+    banded = grabcut_refine(image, prob, clicks, labels, band_fraction=0.05)  # 8 px at 160 px
+    assert free[60, 88] == 1  # unconstrained, GrabCut takes the same-coloured region around its box
+    assert banded[60, 88] == 0 and banded[60, 40] == 1
+    assert banded[30:90, 70:78].mean() > 0.5 and banded[:, 90:].sum() == 0  # grown within the band only
+    assert banded[30, 40] == 1 and banded[29, 40] == 0  # and snapped to the colour edge inside it

@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from refcut.predictor.base import InteractivePredictor
-from refcut.predictor.baselines import EmptyPredictor, GrabCutPredictor, NoReferencePredictor, OraclePredictor
+from refcut.predictor.baselines import (
+    GRABCUT_BANDS,
+    EmptyPredictor,
+    GrabCutPredictor,
+    NoReferencePredictor,
+    OraclePredictor,
+)
 
 __all__ = [
     "BASELINE_METHODS", "MethodSpec", "load_predictor", "method_label", "method_source", "is_model_method",
@@ -79,13 +85,14 @@ def is_model_method(spec: str) -> bool:
 def load_predictor(spec: str, device: str = "cpu") -> InteractivePredictor:
     """``"grabcut"``, ``"oracle"``, ``"empty"`` or a model path/dir (→ ``RefCutPredictor.from_pretrained``).
 
-    A model path may end in ``+grabcut``: the predictor then refines each mask with GrabCut
-    (``RefCutPredictor(refine="grabcut")``).
+    A model path may end in ``+grabcut`` or ``+grabcut-band``: the predictor then refines each mask
+    with that GrabCut boundary step (``RefCutPredictor(refine=...)``).
     """
     spec = method_source(spec)
     refine = None
-    if spec.endswith("+grabcut") and spec not in BASELINE_METHODS and not Path(spec).exists():
-        spec, refine = spec[: -len("+grabcut")], "grabcut"
+    path, _, suffix = spec.rpartition("+")
+    if path and suffix in GRABCUT_BANDS and not Path(spec).exists():
+        spec, refine = path, suffix
     if spec == "grabcut":
         return GrabCutPredictor()
     if spec == "oracle":

@@ -43,6 +43,9 @@ class DecoderConfig(DictConfig):
     ``up_channels`` the upsampler's at strides 8 and 4. ``depth`` blocks run at the token grid,
     ``low_depth`` more at half its resolution. ``click_radius`` is the disk radius in view
     pixels. ``click_affinity`` / ``reference_affinity`` switch the cosine-affinity maps (ablations).
+    ``reference_nearest`` adds, per token, the best cosine to any of up to ``reference_exemplars``
+    tokens under each reference mask (a few-shot "prior": sharper than the pooled prototype when
+    the masked region holds several looks, e.g. a combination of parts).
     """
 
     config_kind = "decoder config"
@@ -58,7 +61,8 @@ class DecoderConfig(DictConfig):
     prompt_hidden_dim: int = 256
     click_affinity: bool = True
     reference_affinity: bool = True
-
+    reference_nearest: bool = False
+    reference_exemplars: int = 64
 
 
 class ViewFeatures(NamedTuple):
@@ -100,10 +104,14 @@ class ReferenceEncoding(NamedTuple):
     """``B x D`` unit-norm pooled features under the positive mask (zeros when absent)."""
     negative: torch.Tensor
     """``B x D`` the same under the negative mask."""
+    exemplars: torch.Tensor | None = None
+    """``B x 2 x K x D`` unit features of up to K reference tokens under the positive / negative mask."""
+    exemplar_valid: torch.Tensor | None = None
+    """``B x 2 x K`` bool: which exemplar rows hold a token (none for an absent or empty mask)."""
 
     def detach(self) -> "ReferenceEncoding":
         """A copy cut from the autograd graph."""
-        return ReferenceEncoding(*(t.detach() for t in self))
+        return ReferenceEncoding(*(None if t is None else t.detach() for t in self))
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -201,11 +209,45 @@ def click_affinity(unit_features: torch.Tensor, points: torch.Tensor, view_size:
     return torch.cat(maps, dim=1)
 
 
+def select_exemplars(
+    unit_features: torch.Tensor, mask: torch.Tensor | None, count: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to ``count`` tokens of ``unit_features`` (``B x D x g x g``) covered by ``mask`` (``B x 1 x H x W``).
+
+    A token is eligible when its area-resized mask weight is at least half the sample's largest
+    (so a non-empty mask always gives one); among more than ``count`` eligible tokens a fixed
+    pseudo-random subset is kept, spread over the region. Returns ``(B x K x D, B x K bool)``.
+    """
+    b, d, gh, gw = unit_features.shape
+    k = min(count, gh * gw)
+    if mask is None:
+        return unit_features.new_zeros(b, k, d), torch.zeros(b, k, dtype=torch.bool, device=unit_features.device)
+    weights = F.interpolate(mask.to(unit_features.dtype), size=(gh, gw), mode="area").flatten(1)  # B x M
+    eligible = (weights > 0) & (weights >= 0.5 * weights.amax(dim=1, keepdim=True))
+    spread = torch.randperm(gh * gw, generator=torch.Generator().manual_seed(0)).to(weights) / (gh * gw)
+    index = torch.topk(eligible.to(weights.dtype) * (1.0 + spread), k, dim=1).indices  # B x K
+    valid = eligible.gather(1, index)
+    tokens = unit_features.flatten(2).transpose(1, 2).gather(1, index[..., None].expand(-1, -1, d))
+    return tokens * valid[..., None].to(tokens.dtype), valid
+
+
+def nearest_exemplar_affinity(unit_features: torch.Tensor, reference: ReferenceEncoding) -> torch.Tensor:
+    """``B x 2 x g x g``: per token, the max cosine to the positive / negative exemplars (0 where none)."""
+    b, _, gh, gw = unit_features.shape
+    exemplars = reference.exemplars.to(unit_features.dtype)
+    cosine = torch.einsum("bpkd,bdn->bpkn", exemplars, unit_features.flatten(2))  # B x 2 x K x g*g
+    valid = reference.exemplar_valid[..., None]
+    best = torch.where(valid, cosine, torch.full_like(cosine, -2.0)).amax(dim=2)
+    best = torch.where(valid.any(dim=2), best, torch.zeros_like(best))
+    return best.view(b, 2, gh, gw)
+
+
 class ClickDecoder(nn.Module):
     """Clicks + previous mask + reference + cached view -> logits ``B x 1 x S x S`` (see the module doc)."""
 
     NUM_TOKEN_MAPS = 7
-    """prev, click affinity +/-, reference affinity +/-, positive / negative disk coverage."""
+    """prev, click affinity +/-, reference affinity +/-, positive / negative disk coverage
+    (+ nearest-exemplar affinity +/- with ``reference_nearest``)."""
 
     def __init__(self, feature_dim: int, config: DecoderConfig) -> None:
         super().__init__()
@@ -214,7 +256,8 @@ class ClickDecoder(nn.Module):
         e4, e8 = config.edge_channels
         u8, u4 = config.up_channels
         self.proj = nn.Sequential(nn.Conv2d(feature_dim, c, 1), LayerNorm2d(c, eps=1e-6))
-        self.token_maps = nn.Sequential(nn.Conv2d(self.NUM_TOKEN_MAPS, c, 1), nn.GELU(), nn.Conv2d(c, c, 1))
+        num_maps = self.NUM_TOKEN_MAPS + (2 if config.reference_nearest else 0)
+        self.token_maps = nn.Sequential(nn.Conv2d(num_maps, c, 1), nn.GELU(), nn.Conv2d(c, c, 1))
         self.edges_to_tokens = SplitPointwise(e8, 3, c)
         self.blocks = nn.ModuleList(SeparableBlock(c, config.kernel_size, config.mlp_ratio) for _ in range(config.depth))
         self.low_blocks = nn.ModuleList(
@@ -232,6 +275,23 @@ class ClickDecoder(nn.Module):
         laterals = (self.up8.lateral.features_term(edges8), self.up4.lateral.features_term(edges4))
         return ViewEncoding(self.proj(tokens), F.normalize(tokens, dim=1), edge_tokens, laterals, size)
 
+    def reference_maps(self, unit_features: torch.Tensor, reference: ReferenceEncoding | None) -> torch.Tensor:
+        """``B x 2 x g x g`` (``B x 4`` with ``reference_nearest``): the tokens' cosine to the reference's
+        pooled positive / negative features, then to their nearest exemplars; zeros where switched off
+        or without a reference. Parameter-free and click-independent: computed once per view and reference."""
+        cfg = self.config
+        b, _, gh, gw = unit_features.shape
+        zeros2 = unit_features.new_zeros(b, 2, gh, gw)
+        pooled = zeros2
+        if reference is not None and cfg.reference_affinity:
+            pooled = torch.stack([torch.einsum("bdhw,bd->bhw", unit_features, proto.to(unit_features.dtype))
+                                  for proto in (reference.positive, reference.negative)], dim=1)
+        if not cfg.reference_nearest:
+            return pooled
+        has_exemplars = reference is not None and reference.exemplars is not None
+        nearest = nearest_exemplar_affinity(unit_features, reference) if has_exemplars else zeros2
+        return torch.cat([pooled, nearest], dim=1)
+
     def decode(
         self,
         view: ViewEncoding,
@@ -239,11 +299,14 @@ class ClickDecoder(nn.Module):
         points: torch.Tensor,
         reference: ReferenceEncoding | None = None,
         full_size: bool = True,
+        reference_maps: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``B x 1 x S x S``; ``prev_mask`` ``B x 1 x S x S``; ``points`` ``B x N x 3`` (y, x, label) in view pixels.
 
         ``full_size=False`` returns the native ``B x 1 x S/4 x S/4`` logits (before the bilinear
-        upsampling; training computes its loss there).
+        upsampling; training computes its loss there). ``reference_maps``: the view's
+        :meth:`reference_maps` for ``reference``, when the caller computed them already (they
+        do not depend on the clicks or on any trained weight).
         """
         cfg = self.config
         points = compact_points(points)
@@ -261,14 +324,12 @@ class ClickDecoder(nn.Module):
         dense8 = resize_maps(dense4, tuple(lateral8.shape[-2:]))
         dense_tokens = resize_maps(dense4, (gh, gw))
 
-        zeros2 = tokens.new_zeros(b, 2, gh, gw)
-        clicks = click_affinity(view.unit_features, points.to(dtype), size) if cfg.click_affinity else zeros2
-        if reference is not None and cfg.reference_affinity:
-            ref_maps = torch.stack([torch.einsum("bdhw,bd->bhw", view.unit_features, proto.to(dtype))
-                                    for proto in (reference.positive, reference.negative)], dim=1)
-        else:
-            ref_maps = zeros2
-        maps = channels_last(torch.cat([dense_tokens[:, :1], clicks, ref_maps, dense_tokens[:, 1:]], dim=1))
+        clicks = click_affinity(view.unit_features, points.to(dtype), size) if cfg.click_affinity \
+            else tokens.new_zeros(b, 2, gh, gw)
+        if reference_maps is None:
+            reference_maps = self.reference_maps(view.unit_features, reference)
+        maps = [dense_tokens[:, :1], clicks, reference_maps[:, :2], dense_tokens[:, 1:], reference_maps[:, 2:]]
+        maps = channels_last(torch.cat(maps, dim=1))
         x = tokens + self.token_maps(maps)
         x = x + view.edge_tokens + self.edges_to_tokens.clicks_term(resize_maps(dense8, (gh, gw)))
         if reference is not None:

@@ -11,17 +11,25 @@ def disk_maps(points: torch.Tensor, height: int, width: int, radius: float) -> t
     ``points`` is ``B x N x 3`` with rows ``(y, x, label)``: label 1 positive,
     0 negative, -1 padding. Returns ``B x 2 x H x W`` float maps ``[positive, negative]``:
     1 where a pixel lies within ``radius`` (Euclidean) of a click of that polarity.
+    Each click only visits the pixels of its bounding square (the cost is per click, not per pixel).
     """
-    b = points.shape[0]
-    if points.shape[1] == 0:
-        return points.new_zeros(b, 2, height, width)
-    ys = torch.arange(height, device=points.device, dtype=points.dtype).view(1, 1, height, 1)
-    xs = torch.arange(width, device=points.device, dtype=points.dtype).view(1, 1, 1, width)
-    py, px, label = (points[..., i].view(b, -1, 1, 1) for i in range(3))
-    inside = (ys - py) ** 2 + (xs - px) ** 2 <= radius**2
-    positive = (inside & (label == 1)).any(dim=1)
-    negative = (inside & (label == 0)).any(dim=1)
-    return torch.stack([positive, negative], dim=1).to(points.dtype)
+    b, n = points.shape[:2]
+    out = points.new_zeros(b, 2, height, width)
+    if n == 0:
+        return out
+    side = int(2 * radius) + 2  # covers [y - r, y + r] from floor(y - r)
+    offsets = torch.arange(side, device=points.device, dtype=points.dtype)
+    py, px, label = (points[..., i, None] for i in range(3))  # B x N x 1
+    rows = torch.floor(py - radius) + offsets  # B x N x side
+    cols = torch.floor(px - radius) + offsets
+    inside = ((rows - py) ** 2)[..., :, None] + ((cols - px) ** 2)[..., None, :] <= radius**2
+    inside &= ((rows >= 0) & (rows < height))[..., :, None] & ((cols >= 0) & (cols < width))[..., None, :]
+    inside &= ((label == 1) | (label == 0))[..., None]
+    channel = (label != 1).long()[..., None]  # 0 positive, 1 negative
+    batch = torch.arange(b, device=points.device).view(b, 1, 1, 1)
+    flat = ((batch * 2 + channel) * height + rows.long()[..., :, None]) * width + cols.long()[..., None, :]
+    out.view(-1)[flat[inside]] = 1
+    return out
 
 
 def compact_points(points: torch.Tensor) -> torch.Tensor:

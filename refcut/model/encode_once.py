@@ -16,7 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from refcut.model.click_decoder import ClickDecoder, DecoderConfig, ReferenceEncoding, ViewEncoding, ViewFeatures
+from refcut.model.click_decoder import (
+    ClickDecoder,
+    DecoderConfig,
+    ReferenceEncoding,
+    ViewEncoding,
+    ViewFeatures,
+    select_exemplars,
+)
 from refcut.model.edge_encoder import EDGE_CHANNELS, EdgeEncoder
 from refcut.model.image_encoder import EncoderConfig, ViTEncoder
 from refcut.model.reference import ReferencePromptGenerator, masked_average_pool
@@ -80,12 +87,14 @@ class EncodeOnceConfig:
 
 ENCODE_ONCE_PRESETS: dict[str, EncodeOnceConfig] = {
     # DINOv2 ViT-S/14 at 336 px (24 x 24 tokens): ~1 s per view on 2 cores.
-    "encode_once_vits14": EncodeOnceConfig(encoder=EncoderConfig(image_size=336)),
+    "encode_once_vits14": EncodeOnceConfig(encoder=EncoderConfig(image_size=336),
+                                           decoder=DecoderConfig(reference_nearest=True)),
     "encode_once_tiny_test": EncodeOnceConfig(
         name="encode_once_tiny_test",
         encoder=EncoderConfig(name="tiny", image_size=56, patch_size=14, embed_dim=24, depth=2, num_heads=2,
                               pos_embed_grid=4, output_blocks=(1,)),
-        decoder=DecoderConfig(width=16, depth=1, low_depth=1, up_channels=(8, 4), click_radius=3, prompt_hidden_dim=16),
+        decoder=DecoderConfig(width=16, depth=1, low_depth=1, up_channels=(8, 4), click_radius=3, prompt_hidden_dim=16,
+                              reference_nearest=True),
         encoder_weights="included",
     ),
 }
@@ -144,7 +153,13 @@ class EncodeOnceModel(nn.Module):
         pooled = [None if m is None else masked_average_pool(features, m) for m in (positive_mask, negative_mask)]
         prompt = self.reference.from_pooled(features, *pooled)
         protos = [features.new_zeros(features.shape[:2]) if p is None else F.normalize(p[0], dim=1) for p in pooled]
-        return ReferenceEncoding(prompt, protos[0], protos[1])
+        if not self.config.decoder.reference_nearest:
+            return ReferenceEncoding(prompt, protos[0], protos[1])
+        unit = F.normalize(features, dim=1)
+        chosen = [select_exemplars(unit, m, self.config.decoder.reference_exemplars) for m in (positive_mask, negative_mask)]
+        exemplars = torch.stack([tokens for tokens, _ in chosen], dim=1)
+        valid = torch.stack([ok for _, ok in chosen], dim=1)
+        return ReferenceEncoding(prompt, protos[0], protos[1], exemplars, valid)
 
     def encode_view(self, features: ViewFeatures) -> ViewEncoding:
         """The decoder's click-independent part for a view (see :meth:`ClickDecoder.encode_view`)."""
@@ -157,9 +172,13 @@ class EncodeOnceModel(nn.Module):
         points: torch.Tensor,
         reference: ReferenceEncoding | None = None,
         full_size: bool = True,
+        reference_maps: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Logits ``B x 1 x S x S`` for the clicks on an encoded view (``S/4`` with ``full_size=False``)."""
-        return self.decoder.decode(view, prev_mask, points, reference, full_size)
+        """Logits ``B x 1 x S x S`` for the clicks on an encoded view (``S/4`` with ``full_size=False``).
+
+        ``reference_maps``: precomputed :meth:`ClickDecoder.reference_maps` of this view and reference.
+        """
+        return self.decoder.decode(view, prev_mask, points, reference, full_size, reference_maps)
 
     def forward(
         self,
@@ -168,12 +187,13 @@ class EncodeOnceModel(nn.Module):
         points: torch.Tensor,
         reference: ReferenceEncoding | None = None,
         full_size: bool = True,
+        reference_maps: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``B x 1 x S x S`` (``S/4`` with ``full_size=False``) from a view's cached features (:meth:`encode`).
 
         ``points`` is ``B x N x 3`` rows ``(y, x, label)`` in view pixels (1 positive, 0 negative, -1 padding).
         """
-        return self.decode(self.encode_view(features), prev_mask, points, reference, full_size)
+        return self.decode(self.encode_view(features), prev_mask, points, reference, full_size, reference_maps)
 
 
 def build_encode_once_model(config: EncodeOnceConfig) -> EncodeOnceModel:

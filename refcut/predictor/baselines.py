@@ -75,19 +75,27 @@ class OraclePredictor(_ReferenceIgnoringPredictor):
         return _result_from_mask(self._gt)
 
 
-def grabcut_in_roi(image: np.ndarray, gc_mask: np.ndarray, iterations: int, min_grow: int) -> np.ndarray:
+GRABCUT_BANDS: dict[str, float | None] = {"grabcut": None, "grabcut-band": 0.03}
+"""The predictors' GrabCut boundary steps by name (``refine=``): the band, as a fraction of the
+longer side, within which each may move the network's boundary (None: anywhere)."""
+
+
+def grabcut_in_roi(
+    image: np.ndarray, gc_mask: np.ndarray, iterations: int, min_grow: int, grow_fraction: float = 0.5
+) -> np.ndarray:
     """Run GrabCut (``GC_INIT_WITH_MASK``) inside the box around the (probable) foreground; HxW uint8 result.
 
-    The box is grown by half its size on each side (at least ``min_grow`` px); pixels outside it
-    are background. The RNG is re-seeded first, so results do not depend on call order.
+    The box is grown by ``grow_fraction`` of its size on each side (at least ``min_grow`` px);
+    pixels outside it are background. The RNG is re-seeded first, so results do not depend on
+    call order.
     """
     height, width = gc_mask.shape
     foreground = np.zeros((height, width), np.uint8)
     ys, xs = np.nonzero(np.isin(gc_mask, (cv2.GC_FGD, cv2.GC_PR_FGD)))
     if not len(ys):
         return foreground
-    grow_y = max(min_grow, (ys.max() - ys.min() + 1) // 2)
-    grow_x = max(min_grow, (xs.max() - xs.min() + 1) // 2)
+    grow_y = max(min_grow, int((ys.max() - ys.min() + 1) * grow_fraction))
+    grow_x = max(min_grow, int((xs.max() - xs.min() + 1) * grow_fraction))
     top, bottom = max(0, ys.min() - grow_y), min(height, ys.max() + grow_y + 1)
     left, right = max(0, xs.min() - grow_x), min(width, xs.max() + grow_x + 1)
     roi_mask = np.ascontiguousarray(gc_mask[top:bottom, left:right])
@@ -111,14 +119,17 @@ def keep_clicked_components(foreground: np.ndarray, xy: np.ndarray, labels: np.n
 
 def grabcut_refine(
     image: np.ndarray, prob: np.ndarray, coords_xy: np.ndarray, labels: np.ndarray, max_side: int = 320,
-    iterations: int = 4, seed_fraction: float = 0.01,
+    iterations: int = 4, seed_fraction: float = 0.01, band_fraction: float | None = None,
 ) -> np.ndarray:
     """Sharpen a probability map's boundary with GrabCut; returns an HxW float32 {0, 1} mask.
 
     Initialisation: ``prob > 0.5`` probable foreground, the rest of the box around it (grown by
     half its size) probable background, outside it background, click disks (1% of the longer
-    side) definite fore/background. Works on a copy whose longer side is at most
-    ``max_side``; only components holding a positive click are kept.
+    side) definite fore/background. With ``band_fraction``, GrabCut may only move the boundary
+    within a band of that fraction of the longer side around ``prob > 0.5`` (inside it definite
+    foreground, outside definite background), so it sharpens edges but cannot swap regions.
+    Works on a copy whose longer side is at most ``max_side``; only components holding a
+    positive click are kept.
     """
     height, width = prob.shape
     scale = min(1.0, max_side / max(height, width))
@@ -128,11 +139,19 @@ def grabcut_refine(
     small_h, small_w = small_prob.shape
     xy = np.clip(np.round((np.asarray(coords_xy, np.float64) + 0.5) * scale - 0.5), 0, [small_w - 1, small_h - 1]).astype(int)
     gc_mask = np.full((small_h, small_w), cv2.GC_PR_BGD, np.uint8)
-    gc_mask[small_prob > 0.5] = cv2.GC_PR_FGD
+    inside = small_prob > 0.5
+    gc_mask[inside] = cv2.GC_PR_FGD
     radius = max(2, round(seed_fraction * max(small_h, small_w)))
+    grow, grow_fraction = radius, 0.5
+    if band_fraction is not None:  # the box only needs the band (and a band's width of background around it)
+        width_px = max(1, round(band_fraction * max(small_h, small_w)))
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width_px + 1, 2 * width_px + 1))
+        gc_mask[cv2.erode(inside.astype(np.uint8), kernel) > 0] = cv2.GC_FGD
+        gc_mask[cv2.dilate(inside.astype(np.uint8), kernel) == 0] = cv2.GC_BGD
+        grow, grow_fraction = 2 * width_px, 0.0
     for (x, y), label in zip(xy, labels):
         cv2.circle(gc_mask, (int(x), int(y)), radius, int(cv2.GC_FGD if label == 1 else cv2.GC_BGD), thickness=-1)
-    foreground = grabcut_in_roi(np.ascontiguousarray(small), gc_mask, iterations, radius)
+    foreground = grabcut_in_roi(np.ascontiguousarray(small), gc_mask, iterations, grow, grow_fraction)
     foreground = keep_clicked_components(foreground, xy, labels).astype(np.float32)
     if scale < 1:
         foreground = (cv2.resize(foreground, (width, height), interpolation=cv2.INTER_LINEAR) > 0.5).astype(np.float32)

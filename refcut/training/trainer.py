@@ -221,11 +221,13 @@ def build_initial_model(config: TrainConfig) -> RefCutModel | EncodeOnceModel:
     setup = config.model
     overrides = {"image_size": setup.image_size} if setup.image_size else {}
     init = setup.init
-    if setup.preset in ENCODE_ONCE_PRESETS and init == "scratch":
+    preset = None
+    if setup.preset in ENCODE_ONCE_PRESETS:
         preset = EncodeOnceConfig.from_preset(setup.preset)
         if setup.image_size:
             preset = replace(preset, encoder=replace(preset.encoder, image_size=setup.image_size))
-        return build_any_model(preset)
+        if init == "scratch":
+            return build_any_model(preset)
     if init in ("scratch", "dinov2"):
         model = build_model(ModelConfig.from_preset(setup.preset, **overrides))
         if init == "dinov2":
@@ -243,11 +245,37 @@ def build_initial_model(config: TrainConfig) -> RefCutModel | EncodeOnceModel:
         model, _ = import_simpleclick(path, image_size=setup.image_size)
         return model
     loaded, _ = load_pretrained(path)
+    if preset is not None and is_encode_once(loaded):  # the preset's architecture, the checkpoint's weights
+        model = build_any_model(preset)
+        warm_start(model, loaded.state_dict(), path)
+        return model
     if overrides and loaded.config.image_size != setup.image_size:
         model = build_model(replace(loaded.config, **overrides))
         model.load_state_dict(loaded.state_dict())
         return model
     return loaded
+
+
+def warm_start(model: nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Load ``state`` into ``model`` where a parameter gained input channels, the new ones start at zero.
+
+    So a decoder given new input maps (e.g. ``reference_nearest``) starts out computing exactly
+    what the checkpoint did. Any other missing key or shape mismatch is an error naming ``source``.
+    """
+    target = model.state_dict()
+    missing, unexpected = sorted(set(target) - set(state)), sorted(set(state) - set(target))
+    if missing or unexpected:
+        raise ValueError(f"{source} does not fit the preset: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for key, value in state.items():
+        want = target[key]
+        if value.shape == want.shape:
+            want.copy_(value)
+        elif value.dim() >= 2 and value.shape[0] == want.shape[0] and value.shape[2:] == want.shape[2:] \
+                and value.shape[1] < want.shape[1]:
+            want.zero_()
+            want[:, : value.shape[1]].copy_(value)
+        else:
+            raise ValueError(f"{source}: {key} has shape {tuple(value.shape)}, the preset needs {tuple(want.shape)}")
 
 
 def freeze_parameters(model: RefCutModel | EncodeOnceModel, freeze_blocks: int, no_reference: bool) -> None:
@@ -399,26 +427,30 @@ def training_step(
     device = gt.device
     points = batch["points"].cpu()
     low_res = config.low_res_loss and is_encode_once(model)
-    if is_encode_once(model):  # the view's cached features stand in for the image
-        inputs = ViewFeatures(batch["tokens"], batch["edges4"], batch["edges8"])
-        view = None
-    else:
-        inputs = batch["image"]
     with autocast():
         prompt = None if config.no_reference else compute_prompts(model, batch, config.reference_grad)
+    detached = None if prompt is None else prompt.detach()
+    extra: dict[str, Any] = {}
+    if is_encode_once(model):  # the view's cached features stand in for the image
+        inputs = ViewFeatures(batch["tokens"], batch["edges4"], batch["edges8"])
+        with torch.no_grad(), autocast():  # the click-independent parts once per step
+            view = model.encode_view(inputs)
+            extra["reference_maps"] = model.decoder.reference_maps(view.unit_features, detached)
+        if low_res:
+            extra["full_size"] = False
+    else:
+        inputs = batch["image"]
     prev = torch.zeros_like(gt)
     num_extra = int(rng.integers(0, config.max_extra_clicks + 1))
     if num_extra:
-        detached = None if prompt is None else prompt.detach()
         first_row = 2 * config.data.max_initial_points
         model.eval()
         try:
             with torch.no_grad():
                 for i in range(num_extra):
                     with autocast():
-                        if is_encode_once(model):  # the click-independent part once per step
-                            view = model.encode_view(inputs) if view is None else view
-                            logits = model.decode(view, prev, points.to(device), detached, full_size=not low_res)
+                        if is_encode_once(model):
+                            logits = model.decode(view, prev, points.to(device), detached, **extra)
                         else:
                             logits = model(inputs, prev, points.to(device), detached)
                     prev = torch.sigmoid(full_size_logits(logits.float(), gt))
@@ -426,10 +458,7 @@ def training_step(
         finally:
             model.train()
     with autocast():
-        if low_res:
-            logits = wrapped(inputs, prev, points.to(device), prompt, full_size=False)
-        else:
-            logits = wrapped(inputs, prev, points.to(device), prompt)
+        logits = wrapped(inputs, prev, points.to(device), prompt, **extra)
     target = gt if logits.shape == gt.shape else F.adaptive_avg_pool2d(gt.float(), logits.shape[-2:])
     loss = normalized_focal_loss(logits.float(), target, config.loss_alpha, config.loss_gamma).mean()
     with torch.no_grad():

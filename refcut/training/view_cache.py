@@ -15,6 +15,7 @@ and runs in passes (every object's ``full`` view first), so training can start o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -82,8 +83,14 @@ def encoder_identity(model) -> str:
 
 
 def _source_stamp(path: Path) -> str:
+    """The image file's content hash: copies of the same data (new mtimes) keep the cache valid."""
     stat = Path(path).stat()
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+    return _content_hash(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=65536)
+def _content_hash(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: re-hash a changed file
+    return "sha1:" + hashlib.sha1(Path(path).read_bytes()).hexdigest()[:20]
 
 
 def _mask_box(mask: np.ndarray) -> Box | None:
