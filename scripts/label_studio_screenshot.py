@@ -6,9 +6,7 @@ the demo's hair reference as the first "hair" annotation, connects the RefCut ba
 process), then, in headless Chromium, logs in, opens another photo, turns on Auto-Annotation and
 places a smart "hair" keypoint: the brush mask in the picture is the backend's answer.
 
-Uses ``--model PATH`` when given; otherwise the GrabCut click baseline stands in for the model
-(as in ``scripts/app_screenshots.py``; it ignores the reference), so the picture shows a
-plausible mask before a trained model ships.
+Uses the shipped default model, or ``--model PATH`` when given.
 
 Usage: python scripts/label_studio_screenshot.py [--model DIR] [--out docs/screenshots]
 Needs /usr/bin/chromium, the playwright package and Label Studio's venv.
@@ -58,13 +56,11 @@ def serve(backend: RefCutBackend) -> tuple[uvicorn.Server, str]:
 
 
 def make_predictor(model: Path | None):
+    from refcut import RefCutPredictor
+
     if model is not None:
-        from refcut import RefCutPredictor
-
         return RefCutPredictor.from_pretrained(model), f"refcut-{model.name}"
-    from refcut.predictor.baselines import GrabCutPredictor
-
-    return GrabCutPredictor(), "grabcut-stand-in"
+    return RefCutPredictor.from_pretrained(), "refcut-default"
 
 
 def main() -> None:
