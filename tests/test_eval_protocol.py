@@ -14,7 +14,7 @@ from refcut.evaluation.baselines import (
     load_predictor,
 )
 from refcut.evaluation.metrics import summarize
-from refcut.evaluation.protocol import EpisodeData, evaluate_episode, iou
+from refcut.evaluation.protocol import EpisodeData, evaluate_episode, iou, iter_episode
 from refcut.predictor.base import InteractivePredictor, PredictionResult
 from refcut.predictor.baselines import grabcut_refine
 from refcut.weights.native import DEFAULT_MODEL_DIR
@@ -192,3 +192,19 @@ def test_band_limited_grabcut_moves_the_boundary_only_near_it():
     assert banded[60, 88] == 0 and banded[60, 40] == 1
     assert banded[30:90, 70:78].mean() > 0.5 and banded[:, 90:].sum() == 0  # grown within the band only
     assert banded[30, 40] == 1 and banded[29, 40] == 0  # and snapped to the colour edge inside it
+
+
+def test_iter_episode_yields_every_click_like_evaluate_episode():
+    episode = shapes_episode(4)
+    steps = list(iter_episode(GrabCutPredictor(), episode, max_clicks=3, reference_mode="none"))
+    result = evaluate_episode(GrabCutPredictor(), episode, max_clicks=3, reference_mode="none")
+    assert [s.iou for s in steps] == result.ious
+    assert list(steps[-1].clicks) == result.clicks and [len(s.clicks) for s in steps] == [1, 2, 3]
+    for step in steps:
+        assert np.array_equal(step.pred, step.prob > 0.49) and step.iou == iou(step.pred, episode.gt_mask)
+    first = Clicker(episode.gt_mask).make_next_click(np.zeros_like(episode.gt_mask))
+    assert steps[0].clicks == (first,)  # interior-most point first
+    with pytest.raises(ValueError, match="max_clicks"):  # checked at the call, not at the first step
+        iter_episode(GrabCutPredictor(), episode, max_clicks=0)
+    with pytest.raises(ValueError, match="reference mode"):
+        iter_episode(GrabCutPredictor(), episode, reference_mode="sideways")

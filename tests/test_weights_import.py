@@ -325,6 +325,38 @@ def test_cli_import_weights_and_info(tmp_path):
     assert load_pretrained(tmp_path / "mae_out")[1]["source"]["kind"] == "mae"
 
 
+def test_cli_pack_model_writes_fp16_with_predictor_defaults(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+    from typer.testing import CliRunner
+
+    from refcut.cli.main import app
+    from refcut.weights.native import load_pretrained, save_pretrained
+
+    model = build_model(ModelConfig.from_preset("tiny_test"))
+    save_pretrained(model, tmp_path / "final", metadata={"training": {"steps": 7}, "format_version": 0})
+    out = tmp_path / "packed"
+    runner = CliRunner()
+    args = ["pack-model", str(tmp_path / "final"), str(out), "--refine", "grabcut-band", "--run", "r1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["predictor"] == {"refine": "grabcut-band"}
+    assert config["training"] == {"steps": 7, "run": "r1"}
+    assert config["format_version"] == 1  # the current format, not the source's
+    assert all(t.dtype == torch.float16 for t in load_file(str(out / "model.safetensors")).values() if t.is_floating_point())
+    packed, _ = load_pretrained(out)
+    for name, tensor in model.state_dict().items():
+        assert torch.allclose(packed.state_dict()[name], tensor, atol=1e-2, rtol=1e-3), name
+
+    again = runner.invoke(app, args)
+    assert again.exit_code == 1 and "--overwrite" in again.output
+    bad = runner.invoke(app, ["pack-model", str(tmp_path / "final"), str(tmp_path / "x"), "--refine", "crf"])
+    assert bad.exit_code == 1 and "--refine must be one of" in bad.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_cli_errors_and_presets(tmp_path):
     from typer.testing import CliRunner
 

@@ -1,4 +1,5 @@
-"""``refcut import-weights`` (foreign checkpoints -> native model) and ``refcut info`` (what a model is)."""
+"""``refcut import-weights`` (foreign checkpoints -> native model), ``refcut pack-model`` (a trained model -> a
+shippable folder) and ``refcut info`` (what a model is)."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def describe_model(model, files: dict[str, int] | None = None, metadata: dict | 
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``import-weights`` and ``info`` to ``app``."""
+    """Add ``import-weights``, ``pack-model`` and ``info`` to ``app``."""
 
     @app.command("import-weights")
     def import_weights_command(
@@ -79,6 +80,39 @@ def register(app: typer.Typer) -> None:
         save_pretrained(model, out_dir, metadata=metadata, dtype=torch.float16 if fp16 else torch.float32)
         typer.echo(report.summary())
         typer.echo(f"wrote {out_dir} ({model.config.name}, {model.config.image_size}px)")
+
+    @app.command("pack-model")
+    def pack_model_command(
+        source: Path = typer.Argument(..., help="A native model folder, e.g. RUN/final of refcut train."),
+        out_dir: Path = typer.Argument(..., help="Folder to write config.json + model.safetensors into."),
+        fp16: bool = typer.Option(True, "--fp16/--fp32", help="Store the weights in float16 (default) or float32."),
+        refine: str = typer.Option(None, help="Predictor default boundary step stored in config.json "
+                                   "(grabcut, grabcut-band); default: keep the source's."),
+        run: str = typer.Option(None, help="Run name recorded under training.run in config.json."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already in OUT_DIR."),
+    ) -> None:
+        """Write a trained model as a shippable folder (e.g. the package's default model), with predictor defaults."""
+        import torch
+
+        from refcut.predictor.predictor import REFINEMENTS
+        from refcut.weights.native import load_pretrained, save_pretrained
+
+        try:
+            if refine is not None and refine not in REFINEMENTS:
+                raise ValueError(f"--refine must be one of {[r for r in REFINEMENTS if r]}, got {refine!r}")
+            if (out_dir / "model.safetensors").exists() and not overwrite:
+                raise ValueError(f"{out_dir} already holds a model; pass --overwrite to replace it")
+            model, metadata = load_pretrained(source)
+        except (FileNotFoundError, ValueError) as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(code=1) from error
+        metadata = {k: v for k, v in metadata.items() if k not in ("format_version", "refcut_version")}
+        if refine is not None:
+            metadata["predictor"] = {**metadata.get("predictor", {}), "refine": refine}
+        if run is not None:
+            metadata["training"] = {**metadata.get("training", {}), "run": run}
+        save_pretrained(model, out_dir, metadata=metadata, dtype=torch.float16 if fp16 else torch.float32)
+        typer.echo(f"wrote {out_dir} ({model.config.name}, {'fp16' if fp16 else 'fp32'})")
 
     @app.command("info")
     def info_command(

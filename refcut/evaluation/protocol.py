@@ -12,6 +12,7 @@ default every curve is ``max_clicks`` long (needed for mIoU@k).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -92,25 +93,41 @@ def apply_reference(predictor: InteractivePredictor, data: EpisodeData, referenc
     return True
 
 
-def evaluate_episode(
+@dataclass(frozen=True)
+class ClickStep:
+    """The state after one click of an episode: the clicks so far, the probability map, the mask and its IoU."""
+
+    clicks: tuple[Click, ...]
+    prob: np.ndarray
+    pred: np.ndarray
+    iou: float
+
+
+def iter_episode(
     predictor: InteractivePredictor,
     data: EpisodeData,
     max_clicks: int = 20,
     threshold: float = PREDICTION_THRESHOLD,
-    target_iou: float | None = None,
     reference_mode: str = "both",
-) -> EpisodeResult:
-    """Run the click protocol on one episode (see the module doc).
+) -> Iterator[ClickStep]:
+    """The click protocol of :func:`evaluate_episode`, one :class:`ClickStep` per click (stop iterating to stop early).
 
-    Predictors that need the ground truth (the oracle baseline) expose
-    ``set_ground_truth(mask)``; it is called before anything else.
+    The arguments are checked at once; the predictor is first called when the first step is asked for.
     """
     if max_clicks < 1:
         raise ValueError(f"max_clicks must be >= 1, got {max_clicks}")
     gt = np.asarray(data.gt_mask, dtype=bool)
     if gt.shape != data.image.shape[:2]:
         raise ValueError(f"episode {data.episode_id}: gt mask {gt.shape} does not match image {data.image.shape[:2]}")
-    start = time.perf_counter()
+    if reference_mode not in REFERENCE_MODES:
+        raise ValueError(f"unknown reference mode {reference_mode!r}; expected one of {REFERENCE_MODES}")
+    return _steps(predictor, data, gt, max_clicks, threshold, reference_mode)
+
+
+def _steps(
+    predictor: InteractivePredictor, data: EpisodeData, gt: np.ndarray, max_clicks: int, threshold: float,
+    reference_mode: str,
+) -> Iterator[ClickStep]:
     set_ground_truth = getattr(predictor, "set_ground_truth", None)
     if callable(set_ground_truth):
         set_ground_truth(gt)
@@ -119,14 +136,34 @@ def evaluate_episode(
     clicker = Clicker(gt, data.ignore_mask)
     pred = np.zeros_like(gt)
     prev_prob: np.ndarray | None = None
-    ious: list[float] = []
     for _ in range(max_clicks):
         clicker.make_next_click(pred)
         coords, labels = clicker.coords_and_labels()
         result = predictor.predict(coords, labels, prev_mask=prev_prob)
         prev_prob = np.asarray(result.prob, dtype=np.float32)
         pred = prev_prob > threshold
-        ious.append(iou(pred, gt, data.ignore_mask))
+        yield ClickStep(tuple(clicker.clicks), prev_prob, pred, iou(pred, gt, data.ignore_mask))
+
+
+def evaluate_episode(
+    predictor: InteractivePredictor,
+    data: EpisodeData,
+    max_clicks: int = 20,
+    threshold: float = PREDICTION_THRESHOLD,
+    target_iou: float | None = None,
+    reference_mode: str = "both",
+) -> EpisodeResult:
+    """Run the click protocol on one episode (see the module doc); :func:`iter_episode` gives every step.
+
+    Predictors that need the ground truth (the oracle baseline) expose
+    ``set_ground_truth(mask)``; it is called before anything else.
+    """
+    start = time.perf_counter()
+    ious: list[float] = []
+    clicks: tuple[Click, ...] = ()
+    for step in iter_episode(predictor, data, max_clicks, threshold, reference_mode):
+        ious.append(step.iou)
+        clicks = step.clicks
         if target_iou is not None and ious[-1] >= target_iou:
             break
-    return EpisodeResult(ious=ious, clicks=list(clicker.clicks), seconds=time.perf_counter() - start)
+    return EpisodeResult(ious=ious, clicks=list(clicks), seconds=time.perf_counter() - start)
