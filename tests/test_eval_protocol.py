@@ -172,7 +172,7 @@ def test_load_predictor_specs(tmp_path):
     assert isinstance(load_predictor("empty"), EmptyPredictor)
     with pytest.raises(FileNotFoundError, match="neither a baseline"):
         load_predictor(str(tmp_path / "missing-model"))
-    for suffix in ("grabcut", "grabcut-band"):  # a model path with a boundary step
+    for suffix in ("grabcut", "grabcut-band", "grabcut-guarded"):  # a model path with a boundary step
         assert load_predictor(f"{DEFAULT_MODEL_DIR}+{suffix}").refine == suffix
     with pytest.raises(FileNotFoundError, match="neither a baseline"):
         load_predictor(f"{DEFAULT_MODEL_DIR}+unknown-step")
@@ -192,6 +192,28 @@ def test_band_limited_grabcut_moves_the_boundary_only_near_it():
     assert banded[60, 88] == 0 and banded[60, 40] == 1
     assert banded[30:90, 70:78].mean() > 0.5 and banded[:, 90:].sum() == 0  # grown within the band only
     assert banded[30, 40] == 1 and banded[29, 40] == 0  # and snapped to the colour edge inside it
+
+
+def test_guarded_grabcut_keeps_the_network_mask_when_grabcut_drops_most_of_it(monkeypatch):
+    import refcut.predictor.baselines as baselines
+
+    image = np.full((60, 80, 3), 50, np.uint8)
+    prob = np.zeros((60, 80), np.float32)
+    prob[10:50, 20:60] = 0.9
+    clicks, labels = np.array([[40, 30]]), np.array([1])
+
+    def only_the_click(image, gc_mask, *args, **kwargs):  # GrabCut overruling the network
+        kept = np.zeros(gc_mask.shape, np.uint8)
+        kept[28:33, 38:43] = 1
+        return kept
+
+    monkeypatch.setattr(baselines, "grabcut_in_roi", only_the_click)
+    assert grabcut_refine(image, prob, clicks, labels, band_fraction=0.03).sum() == 25
+    guarded = grabcut_refine(image, prob, clicks, labels, band_fraction=0.03, min_kept=0.5)
+    assert np.array_equal(guarded, (prob > 0.5).astype(np.float32))
+    monkeypatch.setattr(baselines, "grabcut_in_roi", lambda image, gc_mask, *a, **k: (gc_mask % 2).astype(np.uint8))
+    sharpened = grabcut_refine(image, prob, clicks, labels, band_fraction=0.03, min_kept=0.5)
+    assert sharpened.sum() == (prob > 0.5).sum()  # GrabCut kept the foreground labels: its result stands
 
 
 def test_iter_episode_yields_every_click_like_evaluate_episode():

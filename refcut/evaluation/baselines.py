@@ -13,7 +13,7 @@ from pathlib import Path
 
 from refcut.predictor.base import InteractivePredictor
 from refcut.predictor.baselines import (
-    GRABCUT_BANDS,
+    GRABCUT_STEPS,
     EmptyPredictor,
     GrabCutPredictor,
     NoReferencePredictor,
@@ -85,13 +85,13 @@ def is_model_method(spec: str) -> bool:
 def load_predictor(spec: str, device: str = "cpu") -> InteractivePredictor:
     """``"grabcut"``, ``"oracle"``, ``"empty"`` or a model path/dir (→ ``RefCutPredictor.from_pretrained``).
 
-    A model path may end in ``+grabcut`` or ``+grabcut-band``: the predictor then refines each mask
+    A model path may end in ``+grabcut``, ``+grabcut-band`` or ``+grabcut-guarded``: the predictor then refines each mask
     with that GrabCut boundary step (``RefCutPredictor(refine=...)``).
     """
     spec = method_source(spec)
     refine = None
     path, _, suffix = spec.rpartition("+")
-    if path and suffix in GRABCUT_BANDS and not Path(spec).exists():
+    if path and suffix in GRABCUT_STEPS and not Path(spec).exists():
         spec, refine = path, suffix
     if spec == "grabcut":
         return GrabCutPredictor()

@@ -75,9 +75,15 @@ class OraclePredictor(_ReferenceIgnoringPredictor):
         return _result_from_mask(self._gt)
 
 
-GRABCUT_BANDS: dict[str, float | None] = {"grabcut": None, "grabcut-band": 0.03}
-"""The predictors' GrabCut boundary steps by name (``refine=``): the band, as a fraction of the
-longer side, within which each may move the network's boundary (None: anywhere)."""
+GRABCUT_STEPS: dict[str, dict[str, float]] = {
+    "grabcut": {},
+    "grabcut-band": {"band_fraction": 0.03},
+    "grabcut-guarded": {"band_fraction": 0.03, "min_kept": 0.5},
+}
+"""The predictors' GrabCut boundary steps by name (``refine=``), as :func:`grabcut_refine` options:
+``band_fraction``, the band (fraction of the longer side) within which the step may move the
+network's boundary (absent: anywhere); ``min_kept``, below which share of the network's mask
+kept the step is undone."""
 
 
 def grabcut_in_roi(
@@ -119,7 +125,7 @@ def keep_clicked_components(foreground: np.ndarray, xy: np.ndarray, labels: np.n
 
 def grabcut_refine(
     image: np.ndarray, prob: np.ndarray, coords_xy: np.ndarray, labels: np.ndarray, max_side: int = 320,
-    iterations: int = 4, seed_fraction: float = 0.01, band_fraction: float | None = None,
+    iterations: int = 4, seed_fraction: float = 0.01, band_fraction: float | None = None, min_kept: float = 0.0,
 ) -> np.ndarray:
     """Sharpen a probability map's boundary with GrabCut; returns an HxW float32 {0, 1} mask.
 
@@ -129,7 +135,9 @@ def grabcut_refine(
     within a band of that fraction of the longer side around ``prob > 0.5`` (inside it definite
     foreground, outside definite background), so it sharpens edges but cannot swap regions.
     Works on a copy whose longer side is at most ``max_side``; only components holding a
-    positive click are kept.
+    positive click are kept. When GrabCut keeps less than ``min_kept`` of the network's mask
+    (it overruled the network rather than sharpening it, e.g. dark hair over a dark jacket), the
+    network's mask ``prob > 0.5`` is returned instead.
     """
     height, width = prob.shape
     scale = min(1.0, max_side / max(height, width))
@@ -153,6 +161,8 @@ def grabcut_refine(
         cv2.circle(gc_mask, (int(x), int(y)), radius, int(cv2.GC_FGD if label == 1 else cv2.GC_BGD), thickness=-1)
     foreground = grabcut_in_roi(np.ascontiguousarray(small), gc_mask, iterations, grow, grow_fraction)
     foreground = keep_clicked_components(foreground, xy, labels).astype(np.float32)
+    if min_kept > 0 and np.count_nonzero(foreground.astype(bool) & inside) < min_kept * np.count_nonzero(inside):
+        return (prob > 0.5).astype(np.float32)
     if scale < 1:
         foreground = (cv2.resize(foreground, (width, height), interpolation=cv2.INTER_LINEAR) > 0.5).astype(np.float32)
     return foreground

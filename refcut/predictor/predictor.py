@@ -21,7 +21,7 @@ from refcut.model import RefCutModel
 from refcut.model.click_decoder import ViewEncoding
 from refcut.model.encode_once import EncodeOnceModel
 from refcut.predictor.base import PredictionResult
-from refcut.predictor.baselines import GRABCUT_BANDS, grabcut_refine
+from refcut.predictor.baselines import GRABCUT_STEPS, grabcut_refine
 from refcut.predictor.transforms import (
     Box,
     ZoomInSettings,
@@ -36,7 +36,7 @@ from refcut.weights.native import DEFAULT_MODEL_DIR, load_pretrained, save_pretr
 
 __all__ = ["RefCutPredictor", "PredictionResult", "as_rgb_uint8", "REFINEMENTS"]
 
-REFINEMENTS = (None, *GRABCUT_BANDS)
+REFINEMENTS = (None, *GRABCUT_STEPS)
 """Boundary steps after the network (``refine=``)."""
 
 
@@ -347,11 +347,11 @@ class RefCutPredictor:
 
     def _finish(self, prob: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> PredictionResult:
         """Threshold the network's probability, after the boundary step when one is set."""
-        if self.refine in GRABCUT_BANDS:
+        if self.refine in GRABCUT_STEPS:
             assert self._image_np is not None
             self._last_raw = prob
             prob = self._last_refined = grabcut_refine(self._image_np, prob, coords, labels,
-                                                       band_fraction=GRABCUT_BANDS[self.refine])
+                                                       **GRABCUT_STEPS[self.refine])
         return PredictionResult(mask=prob > self.threshold, prob=prob)
 
     def _predict_encode_once(self, box: Box, prev_t: torch.Tensor, points_yx: np.ndarray, labels: np.ndarray) -> np.ndarray:
