@@ -156,3 +156,37 @@ def test_drop_references_draws_the_same_targets_as_a_reference_run():
     assert rng_a.random() == rng_b.random()  # the same amount of randomness was used
     pair = baseline.sample(np.random.default_rng(8))
     assert pair.reference_image is None and pair.positive_mask is None and pair.negative_mask is None
+
+
+def test_combination_mixture_draws_singles_adjacent_pairs_and_wholes():
+    dataset = PartDataset("full", "parts", [sample(f"{i:02d}.jpg#x", "x", PARTS) for i in range(6)])
+    weights = {"single": 0.5, "pair": 0.3, "whole": 0.2}
+    sampler = TrainingPairSampler([dataset], only_one_mask_prob=0.0, combination_weights=weights)
+    rng = np.random.default_rng(0)
+    specs = [sampler.sample_spec(rng) for _ in range(3000)]
+    kinds = Counter("single" if len(s.target_parts) == 1 else "whole" if len(s.target_parts) == 4 else
+                    "pair" for s in specs)
+    assert set(kinds) == {"single", "pair", "whole"}
+    for kind, weight in weights.items():
+        assert abs(kinds[kind] / 3000 - weight) < 0.03
+    pairs = {s.target_parts for s in specs if len(s.target_parts) == 2}
+    assert pairs == {("a", "b"), ("b", "c"), ("c", "d")}  # stripes: only neighbours touch
+    for s in specs[:200]:
+        assert s.positive_parts == s.target_parts and set(s.negative_parts) == set(PARTS) - set(s.target_parts)
+    # an object without adjacent parts gets a single part where a pair was asked for
+    apart_masks = {"a": np.zeros((H, W), bool), "c": np.zeros((H, W), bool)}
+    apart_masks["a"][:, :3] = True
+    apart_masks["c"][:, 10:] = True
+    apart = PartDataset("apart", "parts", [
+        PartSample(f"{i:02d}.jpg#x", "x", Path(f"{i:02d}.jpg"), ("a", "c"), load_image=lambda: np.zeros((H, W, 3), np.uint8),
+                   load_part_masks=lambda: dict(apart_masks)) for i in range(4)])
+    only_pairs = TrainingPairSampler([apart], combination_weights={"pair": 1.0})
+    assert {only_pairs.sample_spec(rng).target_parts for _ in range(50)} == {("a",), ("c",)}
+    # no mixture (None or empty) is the paper's rule, drawn exactly as before
+    rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
+    plain, empty = TrainingPairSampler([full_dataset()]), TrainingPairSampler([full_dataset()], combination_weights={})
+    assert [plain.sample_spec(rng_a) for _ in range(30)] == [empty.sample_spec(rng_b) for _ in range(30)]
+    with pytest.raises(ValueError, match="unknown kind"):
+        TrainingPairSampler([full_dataset()], combination_weights={"pairs": 1.0})
+    with pytest.raises(ValueError, match="non-negative"):
+        TrainingPairSampler([full_dataset()], combination_weights={"single": -1.0, "whole": 2.0})

@@ -289,3 +289,40 @@ def test_init_from_native_checkpoint_with_new_input_size(tmp_path):
         assert torch.equal(value, model.state_dict()[key]), key
     with pytest.raises(FileNotFoundError):
         build_initial_model(tiny_config(**{"model.init": str(tmp_path / "missing")}))
+
+
+def test_first_click_samples_keep_one_positive_click_and_no_simulated_clicks():
+    import contextlib
+
+    from refcut.training.trainer import training_step
+
+    config = tiny_config(max_extra_clicks=3)
+    config.data.first_click_prob = 0.5
+    dataset = TrainingPairDataset(FakePairSource(reference_prob=1.0), config, 64)
+    items = [dataset[i] for i in range(40)]
+    flagged = [item for item in items if item["first_click"]]
+    assert 8 < len(flagged) < 32
+    for item in flagged:  # one positive in row 0, every other row padding
+        assert item["points"][0, 2] == 1 and (item["points"][1:, 2] == -1).all()
+    batch = torch.utils.data.default_collate([flagged[0], next(i for i in items if not i["first_click"])])
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_preset("tiny_test"))
+    seen_prev = []
+    original_forward = model.forward
+
+    def forward(image, prev, points, prompt=None):
+        seen_prev.append(prev.clone())
+        return original_forward(image, prev, points, prompt)
+
+    model.forward = forward
+    rng = np.random.default_rng(1)
+    while True:
+        seen_prev.clear()
+        out = training_step(model, model, batch, config, rng, contextlib.nullcontext)
+        if out.num_extra_clicks:
+            break
+    assert (out.points[0, 1:, 2] == -1).all()  # the first-click sample got no simulated click
+    assert (out.points[1, 2 * 4 :, 2] >= 0).any()  # the other one did
+    assert seen_prev[-1][0].abs().sum() == 0 and seen_prev[-1][1].abs().sum() > 0  # nor a previous mask
+    with pytest.raises(ValueError, match="first_click_prob"):
+        tiny_config().with_overrides(["data.first_click_prob=1.5"])

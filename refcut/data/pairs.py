@@ -14,11 +14,18 @@ on those pairs sees the very targets the reference-guided model sees. Object-lev
 target is the object mask and the reference another instance of the same category, positive
 mask only. Every random choice comes from the ``rng`` passed to
 :meth:`TrainingPairSampler.sample`, so a seed reproduces the pairs exactly.
+
+``combination_weights`` replaces the paper's k ~ U{1..N} by a mixture of target kinds, the
+combinations an annotator labels and the evaluation measures: ``single`` (one part), ``pair``
+(two adjacent parts, the evaluation's adjacency rule; a single part when the object has none),
+``whole`` (all parts) and ``random`` (the paper's rule). Empty (the default) is the paper's rule
+alone, drawn exactly as before.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping
 
 import numpy as np
 
@@ -63,6 +70,7 @@ class TrainingPairSampler:
         no_reference_prob: float = 0.0,
         max_tries: int = 20,
         drop_references: bool = False,
+        combination_weights: Mapping[str, float] | None = None,
     ):
         if not datasets:
             raise ValueError("TrainingPairSampler needs at least one dataset")
@@ -76,6 +84,7 @@ class TrainingPairSampler:
         self.no_reference_prob = no_reference_prob
         self.max_tries = max_tries
         self.drop_references = drop_references
+        self._kinds, self._kind_probs = combination_mixture(combination_weights)
         self.rng = np.random.default_rng(seed)
         self.fallbacks = 0
         self._targets = [(d, i) for d, ds in enumerate(self.datasets) for i, s in enumerate(ds.samples) if s.part_names]
@@ -102,9 +111,7 @@ class TrainingPairSampler:
             d, i = self._targets[int(rng.integers(len(self._targets)))]
             dataset = self.datasets[d]
             target = dataset.samples[i]
-            parts = target.part_names
-            k = int(rng.integers(1, len(parts) + 1))
-            chosen = tuple(sorted(parts[j] for j in rng.choice(len(parts), size=k, replace=False)))
+            chosen = self._draw_parts(dataset, target, rng)
             if not want_reference:
                 return PairSpec(d, target.sample_id, chosen, None, (), (), "none")
             needed = frozenset(chosen)
@@ -124,6 +131,22 @@ class TrainingPairSampler:
             return PairSpec(d, target.sample_id, chosen, reference.sample_id, chosen, negative, keep)
         self.fallbacks += 1
         return PairSpec(d, target.sample_id, chosen, None, (), (), "none")
+
+    def _draw_parts(self, dataset: PartDataset, target, rng: np.random.Generator) -> tuple[str, ...]:
+        """The target's parts under the combination mixture (the paper's rule when there is none)."""
+        parts = target.part_names
+        kind = "random" if not self._kinds else self._kinds[int(rng.choice(len(self._kinds), p=self._kind_probs))]
+        if kind == "pair":
+            pairs = dataset.adjacent_pairs(target.sample_id) if len(parts) > 1 else []
+            if pairs:
+                return tuple(pairs[int(rng.integers(len(pairs)))])
+            kind = "single"
+        if kind == "single":
+            return (parts[int(rng.integers(len(parts)))],)
+        if kind == "whole":
+            return tuple(sorted(parts))
+        k = int(rng.integers(1, len(parts) + 1))
+        return tuple(sorted(parts[j] for j in rng.choice(len(parts), size=k, replace=False)))
 
     def load(self, spec: PairSpec) -> TrainingPair:
         """Read the pixels of a :class:`PairSpec`."""
@@ -146,3 +169,20 @@ class TrainingPairSampler:
     def sample(self, rng: np.random.Generator | None = None) -> TrainingPair:
         """Draw and load one pair (uses the sampler's own seeded generator when ``rng`` is None)."""
         return self.load(self.sample_spec(rng))
+
+
+COMBINATION_KINDS = ("random", "single", "pair", "whole")
+
+
+def combination_mixture(weights: Mapping[str, float] | None) -> tuple[tuple[str, ...], np.ndarray | None]:
+    """Kinds and probabilities of a ``combination_weights`` mapping (empty: the paper's rule alone)."""
+    if not weights:
+        return (), None
+    unknown = sorted(set(weights) - set(COMBINATION_KINDS))
+    if unknown:
+        raise ValueError(f"combination_weights: unknown kind(s) {unknown}; use {list(COMBINATION_KINDS)}")
+    if any(float(w) < 0 for w in weights.values()) or sum(float(w) for w in weights.values()) <= 0:
+        raise ValueError(f"combination_weights must be non-negative with a positive sum, got {dict(weights)}")
+    kinds = tuple(k for k in COMBINATION_KINDS if float(weights.get(k, 0)) > 0)
+    probs = np.array([float(weights[k]) for k in kinds], dtype=np.float64)
+    return kinds, probs / probs.sum()

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from refcut.training.config import TrainConfig
-from refcut.training.points import sample_initial_points
+from refcut.training.points import first_click_only, sample_initial_points
 from refcut.training.view_cache import CachedObject
 
 MIN_CROP_COVERAGE = 0.8
@@ -82,6 +82,9 @@ class CachedViewPairDataset(Dataset):
             gt, rng, data.max_initial_points, data.points_gamma, data.positive_erode_prob,
             data.positive_erode_iters, data.negative_border_prob, data.border_ratio,
         )
+        first_click = data.first_click_prob > 0 and rng.random() < data.first_click_prob
+        if first_click:
+            points = first_click_only(points)
         reference = None if spec.reference_id is None or cfg.no_reference else self._object(spec.dataset_index, spec.reference_id)
         size = target.labels.shape[-1]
         positive = np.zeros((size, size), np.float32)
@@ -106,6 +109,7 @@ class CachedViewPairDataset(Dataset):
             "image": as_chw(target.pixels[view]),
             "gt": torch.from_numpy(gt.astype(np.float32))[None],
             "points": torch.from_numpy(points),
+            "first_click": first_click,
             "has_reference": reference is not None,
             "reference_tokens": ref_tokens,
             "reference_image": as_chw(ref_pixels),

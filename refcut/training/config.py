@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from refcut.data.pairs import combination_mixture
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BASE_RESIZES = ("square", "short", "none")
 
@@ -30,6 +32,12 @@ class DataConfig:
     ``views`` the kinds cached per object (``full``, ``flip``, ``object``, ``part``; see
     :mod:`refcut.training.view_cache`), ``full_view_prob`` / ``reference_full_prob`` how often the
     target / reference is the full view rather than a crop.
+
+    ``combination_weights`` mixes target kinds (``single``, ``pair`` of adjacent parts, ``whole``,
+    ``random`` = the paper's k of N; empty = the paper's rule alone, see
+    :mod:`refcut.data.pairs`). ``first_click_prob`` is the share of samples trained on their first
+    click alone: one positive click, no negatives, no simulated clicks (the case the evaluation's
+    IoU after one click measures, and where a reference has the most to decide).
     """
 
     datasets: list[str] = field(default_factory=list)
@@ -52,6 +60,8 @@ class DataConfig:
     views: list[str] = field(default_factory=lambda: ["full", "flip", "object", "part"])
     full_view_prob: float = 0.5
     reference_full_prob: float = 0.7
+    combination_weights: dict[str, float] = field(default_factory=dict)
+    first_click_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if self.base_resize not in BASE_RESIZES:
@@ -59,11 +69,12 @@ class DataConfig:
         if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
             raise ValueError(f"data.scale_range must be [low, high] with 0 < low <= high, got {self.scale_range}")
         for name in ("only_one_mask_prob", "no_reference_prob", "positive_erode_prob", "negative_border_prob",
-                     "flip_prob", "color_jitter_prob", "full_view_prob", "reference_full_prob"):
+                     "flip_prob", "color_jitter_prob", "full_view_prob", "reference_full_prob", "first_click_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"data.{name} must be a probability, got {getattr(self, name)}")
         if self.max_initial_points < 1:
             raise ValueError("data.max_initial_points must be at least 1")
+        combination_mixture(self.combination_weights)  # raises on unknown kinds or bad weights
 
 
 @dataclass

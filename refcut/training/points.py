@@ -80,3 +80,10 @@ def sample_initial_points(
     points[max_points : max_points + len(negatives), :2] = negatives
     points[max_points : max_points + len(negatives), 2] = 0.0
     return points
+
+
+def first_click_only(points: np.ndarray) -> np.ndarray:
+    """Rows from :func:`sample_initial_points` cut to their first positive click (the rest padding)."""
+    cut = np.tile(np.asarray(PAD_ROW, dtype=np.float32), (len(points), 1))
+    cut[0] = points[0]
+    return cut

@@ -47,7 +47,7 @@ from refcut.training.augment import augment_reference, augment_target
 from refcut.training.config import TrainConfig
 from refcut.training.distributed import DistContext, all_reduce_mean, barrier, init_distributed, shutdown
 from refcut.training.losses import normalized_focal_loss
-from refcut.training.points import sample_initial_points
+from refcut.training.points import first_click_only, sample_initial_points
 from refcut.weights.native import WEIGHTS_NAME, build_any_model, load_pretrained, load_stored_state, save_pretrained
 
 TRAINER_STATE_NAME = "trainer_state.pt"
@@ -108,6 +108,7 @@ def build_pair_source(config: TrainConfig, datasets: list | None = None) -> Pair
         # The baseline draws the same pairs as a reference run (same targets, same random
         # stream) and drops their references without reading them.
         drop_references=config.no_reference,
+        combination_weights=config.data.combination_weights,
     )
 
 
@@ -137,6 +138,9 @@ class TrainingPairDataset(Dataset):
             gt > 0.5, rng, data.max_initial_points, data.points_gamma, data.positive_erode_prob,
             data.positive_erode_iters, data.negative_border_prob, data.border_ratio,
         )
+        first_click = data.first_click_prob > 0 and rng.random() < data.first_click_prob
+        if first_click:
+            points = first_click_only(points)
         has_reference = pair.reference_image is not None and not cfg.no_reference
         if has_reference:
             ref, pos, neg = augment_reference(
@@ -150,6 +154,7 @@ class TrainingPairDataset(Dataset):
             "image": torch.from_numpy(image),
             "gt": torch.from_numpy(gt)[None],
             "points": torch.from_numpy(points),
+            "first_click": first_click,
             "has_reference": bool(has_reference),
             "reference_image": torch.from_numpy(ref),
             "positive_mask": torch.from_numpy(pos)[None],
@@ -383,13 +388,16 @@ def compute_prompts(model: RefCutModel, batch: dict[str, torch.Tensor], referenc
 
 
 def add_training_clicks(
-    points: torch.Tensor, prob: torch.Tensor, gt: torch.Tensor, row: int, threshold: float, rng: np.random.Generator
+    points: torch.Tensor, prob: torch.Tensor, gt: torch.Tensor, row: int, threshold: float, rng: np.random.Generator,
+    skip: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Write one simulated click per sample into ``points[:, row]`` (unchanged where there is no error)."""
+    """Write one simulated click per sample into ``points[:, row]`` (unchanged where there is no error or ``skip``)."""
     pred = (prob[:, 0] > threshold).cpu().numpy()
     truth = (gt[:, 0] > 0.5).cpu().numpy()
     points = points.clone()
     for i in range(pred.shape[0]):
+        if skip is not None and bool(skip[i]):
+            continue
         click = sample_training_click(pred[i], truth[i], rng)
         if click is not None:
             points[i, row] = torch.tensor([click.y, click.x, 1.0 if click.is_positive else 0.0])
@@ -441,6 +449,8 @@ def training_step(
     else:
         inputs = batch["image"]
     prev = torch.zeros_like(gt)
+    first_click = batch.get("first_click")  # samples trained on their first click alone
+    first_click = first_click if first_click is not None and bool(first_click.any()) else None
     num_extra = int(rng.integers(0, config.max_extra_clicks + 1))
     if num_extra:
         first_row = 2 * config.data.max_initial_points
@@ -454,9 +464,12 @@ def training_step(
                         else:
                             logits = model(inputs, prev, points.to(device), detached)
                     prev = torch.sigmoid(full_size_logits(logits.float(), gt))
-                    points = add_training_clicks(points, prev, gt, first_row + i, config.click_threshold, rng)
+                    points = add_training_clicks(points, prev, gt, first_row + i, config.click_threshold, rng,
+                                                 first_click)
         finally:
             model.train()
+        if first_click is not None:
+            prev = prev.masked_fill(first_click.to(device).view(-1, 1, 1, 1), 0.0)
     with autocast():
         logits = wrapped(inputs, prev, points.to(device), prompt, **extra)
     target = gt if logits.shape == gt.shape else F.adaptive_avg_pool2d(gt.float(), logits.shape[-2:])
