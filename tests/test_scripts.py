@@ -105,3 +105,20 @@ def test_pack_training_data_keeps_the_training_split_ids_and_parts(tmp_path, mon
     assert max(image.shape[:2]) == 32
     masks = sample.load_part_masks()
     assert set(masks) == {"top", "bottom"} and all(m.any() for m in masks.values())
+
+
+def test_paired_episodes_differences_per_dataset():
+    paired = _script("paired_episodes")
+    rows = []
+    for dataset, values in (("cars", [(3, 5, 0.6, 0.4), (7, 6, 0.5, 0.5)]), ("people", [(10, 12, 0.2, 0.1)])):
+        for index, (noc_a, noc_b, iou_a, iou_b) in enumerate(values):
+            for method, mode, noc, iou in (("m=path", "both", noc_a, iou_a), ("m=path", "none", noc_b, iou_b)):
+                rows.append({"dataset": dataset, "episode_id": f"e{index}", "method": method, "mode": mode,
+                             "study": "main", "NoC@85": str(noc), "iou_1": str(iou)})
+    rows.append({**rows[0], "study": "polygon_step", "NoC@85": "99"})  # ablation rows do not count
+    cars, people = paired.paired_table(rows, "m:both", "m:none")
+    assert cars["episodes"] == 2 and cars["noc_diff"] == pytest.approx(-0.5) and (cars["fewer"], cars["more"]) == (1, 1)
+    assert cars["noc_se"] == pytest.approx(1.5) and cars["iou_diff"] == pytest.approx(0.1)
+    assert people["noc_diff"] == pytest.approx(-2) and people["noc_se"] == 0.0
+    with pytest.raises(SystemExit, match="more than one row"):
+        paired.paired_table(rows, "m", "m:none")
