@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from refcut.training.config import TrainConfig
-from refcut.training.points import first_click_only, sample_initial_points
+from refcut.training.points import training_points
 from refcut.training.view_cache import CachedObject
 
 MIN_CROP_COVERAGE = 0.8
@@ -77,14 +77,7 @@ class CachedViewPairDataset(Dataset):
                 break
         else:
             raise RuntimeError("the view cache holds no usable target: build it with `refcut cache-views`")
-        points = np.full((self.rows, 3), -1.0, dtype=np.float32)
-        points[: 2 * data.max_initial_points] = sample_initial_points(
-            gt, rng, data.max_initial_points, data.points_gamma, data.positive_erode_prob,
-            data.positive_erode_iters, data.negative_border_prob, data.border_ratio,
-        )
-        first_click = data.first_click_prob > 0 and rng.random() < data.first_click_prob
-        if first_click:
-            points = first_click_only(points)
+        points, first_click = training_points(gt, rng, data, self.rows)
         reference = None if spec.reference_id is None or cfg.no_reference else self._object(spec.dataset_index, spec.reference_id)
         size = target.labels.shape[-1]
         positive = np.zeros((size, size), np.float32)

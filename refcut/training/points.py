@@ -8,9 +8,13 @@ the object. Rows are ``(y, x, label)`` with label 1 positive, 0 negative, -1 pad
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from refcut.training.config import DataConfig
 
 PAD_ROW = (-1.0, -1.0, -1.0)
 
@@ -82,8 +86,20 @@ def sample_initial_points(
     return points
 
 
-def first_click_only(points: np.ndarray) -> np.ndarray:
-    """Rows from :func:`sample_initial_points` cut to their first positive click (the rest padding)."""
-    cut = np.tile(np.asarray(PAD_ROW, dtype=np.float32), (len(points), 1))
-    cut[0] = points[0]
-    return cut
+
+def training_points(gt_mask: np.ndarray, rng: np.random.Generator, data: "DataConfig", rows: int) -> tuple[np.ndarray, bool]:
+    """A training sample's click rows (``rows`` x 3, padding ``-1``) and whether it is a first-click sample.
+
+    The initial clicks come from :func:`sample_initial_points` with the ``data`` config; with
+    probability ``data.first_click_prob`` they are cut to their first positive click (the trainer
+    then adds no simulated click to that sample).
+    """
+    points = np.tile(np.asarray(PAD_ROW, dtype=np.float32), (rows, 1))
+    points[: 2 * data.max_initial_points] = sample_initial_points(
+        gt_mask, rng, data.max_initial_points, data.points_gamma, data.positive_erode_prob,
+        data.positive_erode_iters, data.negative_border_prob, data.border_ratio,
+    )
+    first_click = data.first_click_prob > 0 and rng.random() < data.first_click_prob
+    if first_click:
+        points[1:] = PAD_ROW  # row 0 is the first positive
+    return points, first_click

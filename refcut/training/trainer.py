@@ -47,7 +47,7 @@ from refcut.training.augment import augment_reference, augment_target
 from refcut.training.config import TrainConfig
 from refcut.training.distributed import DistContext, all_reduce_mean, barrier, init_distributed, shutdown
 from refcut.training.losses import normalized_focal_loss
-from refcut.training.points import first_click_only, sample_initial_points
+from refcut.training.points import training_points
 from refcut.weights.native import WEIGHTS_NAME, build_any_model, load_pretrained, load_stored_state, save_pretrained
 
 TRAINER_STATE_NAME = "trainer_state.pt"
@@ -133,14 +133,7 @@ class TrainingPairDataset(Dataset):
         rng = np.random.default_rng([cfg.seed, int(index)])
         pair = self.source.sample(rng)
         image, gt = augment_target(pair.target_image, pair.gt_mask, size, rng, data)
-        points = np.full((num_point_rows(cfg), 3), -1.0, dtype=np.float32)
-        points[: 2 * data.max_initial_points] = sample_initial_points(
-            gt > 0.5, rng, data.max_initial_points, data.points_gamma, data.positive_erode_prob,
-            data.positive_erode_iters, data.negative_border_prob, data.border_ratio,
-        )
-        first_click = data.first_click_prob > 0 and rng.random() < data.first_click_prob
-        if first_click:
-            points = first_click_only(points)
+        points, first_click = training_points(gt > 0.5, rng, data, num_point_rows(cfg))
         has_reference = pair.reference_image is not None and not cfg.no_reference
         if has_reference:
             ref, pos, neg = augment_reference(
