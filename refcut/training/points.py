@@ -87,7 +87,9 @@ def sample_initial_points(
 
 
 
-def training_points(gt_mask: np.ndarray, rng: np.random.Generator, data: "DataConfig", rows: int) -> tuple[np.ndarray, bool]:
+def training_points(
+    gt_mask: np.ndarray, rng: np.random.Generator, data: "DataConfig", rows: int
+) -> tuple[np.ndarray, bool]:
     """A training sample's click rows (``rows`` x 3, padding ``-1``) and whether it is a first-click sample.
 
     The initial clicks come from :func:`sample_initial_points` with the ``data`` config; with
