@@ -172,7 +172,7 @@ def test_load_predictor_specs(tmp_path):
     assert isinstance(load_predictor("empty"), EmptyPredictor)
     with pytest.raises(FileNotFoundError, match="neither a baseline"):
         load_predictor(str(tmp_path / "missing-model"))
-    for suffix in ("grabcut", "grabcut-band", "grabcut-guarded"):  # a model path with a boundary step
+    for suffix in ("grabcut", "grabcut-band", "grabcut-guarded", "grabcut-fine"):  # a model path with a boundary step
         assert load_predictor(f"{DEFAULT_MODEL_DIR}+{suffix}").refine == suffix
     with pytest.raises(FileNotFoundError, match="neither a baseline"):
         load_predictor(f"{DEFAULT_MODEL_DIR}+unknown-step")
@@ -192,6 +192,41 @@ def test_band_limited_grabcut_moves_the_boundary_only_near_it():
     assert banded[60, 88] == 0 and banded[60, 40] == 1
     assert banded[30:90, 70:78].mean() > 0.5 and banded[:, 90:].sum() == 0  # grown within the band only
     assert banded[30, 40] == 1 and banded[29, 40] == 0  # and snapped to the colour edge inside it
+
+
+def test_region_scaled_grabcut_keeps_a_small_object_at_full_resolution():
+    rng = np.random.default_rng(0)
+    image = np.full((960, 960, 3), 60, np.uint8)
+    yy, xx = np.mgrid[:960, :960]
+    target = (yy - 500) ** 2 / 21.0**2 + (xx - 430) ** 2 / 13.0**2 <= 1  # a small ellipse, 3% of the side
+    image[target] = (200, 40, 40)
+    image = np.clip(image.astype(int) + rng.integers(-8, 9, image.shape), 0, 255).astype(np.uint8)
+    prob = ((yy - 502) ** 2 / 19.0**2 + (xx - 432) ** 2 / 12.0**2 <= 1).astype(np.float32)  # the network, 2 px off
+    clicks, labels = np.array([[430, 500], [900, 40]]), np.array([1, 0])  # the negative click lies outside the region
+
+    def iou(mask):
+        return (mask.astype(bool) & target).sum() / (mask.astype(bool) | target).sum()
+
+    whole = grabcut_refine(image, prob, clicks, labels, band_fraction=0.03)  # works at 320 px: a 3x coarser grid
+    fine = grabcut_refine(image, prob, clicks, labels, band_fraction=0.03, region_scale=True)
+    assert iou(fine) > 0.95 and iou(fine) > iou(whole) + 0.03
+    assert not fine[:, :300].any() and not fine[700:].any()  # pasted back in place, nothing outside the region
+    assert not grabcut_refine(image, np.zeros_like(prob), clicks[1:], labels[1:], band_fraction=0.03,
+                              region_scale=True).any()  # no mask, no positive click: nothing
+    with pytest.raises(ValueError, match="region_scale needs band_fraction"):
+        grabcut_refine(image, prob, clicks, labels, region_scale=True)
+
+
+def test_grabcut_keeps_unclicked_pieces_of_the_network_mask_only_when_asked():
+    image = np.full((80, 120, 3), 60, np.uint8)
+    image[20:60, 10:40] = image[20:60, 80:110] = (200, 40, 40)  # a target in two pieces (two shoes)
+    prob = np.zeros((80, 120), np.float32)
+    prob[22:58, 12:38] = prob[22:58, 82:108] = 1.0
+    clicks, labels = np.array([[25, 40]]), np.array([1])  # one click, on the left piece
+    clicked = grabcut_refine(image, prob, clicks, labels, band_fraction=0.03)
+    pieces = grabcut_refine(image, prob, clicks, labels, band_fraction=0.03, clicked_only=False)
+    assert clicked[40, 25] == 1 and clicked[40, 95] == 0
+    assert pieces[40, 25] == 1 and pieces[40, 95] == 1 and pieces[20:60, 80:110].mean() > 0.9
 
 
 def test_guarded_grabcut_keeps_the_network_mask_when_grabcut_drops_most_of_it(monkeypatch):

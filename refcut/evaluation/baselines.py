@@ -85,8 +85,8 @@ def is_model_method(spec: str) -> bool:
 def load_predictor(spec: str, device: str = "cpu") -> InteractivePredictor:
     """``"grabcut"``, ``"oracle"``, ``"empty"`` or a model path/dir (→ ``RefCutPredictor.from_pretrained``).
 
-    A model path may end in ``+grabcut``, ``+grabcut-band`` or ``+grabcut-guarded``: the predictor then refines each mask
-    with that GrabCut boundary step (``RefCutPredictor(refine=...)``).
+    A model path may end in ``+grabcut``, ``+grabcut-band``, ``+grabcut-guarded`` or ``+grabcut-fine``: the
+    predictor then refines each mask with that GrabCut boundary step (``RefCutPredictor(refine=...)``).
     """
     spec = method_source(spec)
     refine = None

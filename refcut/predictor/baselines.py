@@ -75,15 +75,20 @@ class OraclePredictor(_ReferenceIgnoringPredictor):
         return _result_from_mask(self._gt)
 
 
-GRABCUT_STEPS: dict[str, dict[str, float]] = {
+GRABCUT_STEPS: dict[str, dict[str, float | bool]] = {
     "grabcut": {},
     "grabcut-band": {"band_fraction": 0.03},
     "grabcut-guarded": {"band_fraction": 0.03, "min_kept": 0.5},
+    "grabcut-fine": {"band_fraction": 0.03, "region_scale": True, "clicked_only": False},
+    "grabcut-region": {"band_fraction": 0.03, "region_scale": True},
+    "grabcut-pieces": {"band_fraction": 0.03, "clicked_only": False},
 }
 """The predictors' GrabCut boundary steps by name (``refine=``), as :func:`grabcut_refine` options:
 ``band_fraction``, the band (fraction of the longer side) within which the step may move the
 network's boundary (absent: anywhere); ``min_kept``, below which share of the network's mask
-kept the step is undone."""
+kept the step is undone; ``region_scale``, downscale only the region around the mask to
+``max_side`` (small objects keep their full resolution) instead of the whole image;
+``clicked_only=False``, keep every piece of the mask, not only those holding a positive click."""
 
 
 def grabcut_in_roi(
@@ -126,6 +131,7 @@ def keep_clicked_components(foreground: np.ndarray, xy: np.ndarray, labels: np.n
 def grabcut_refine(
     image: np.ndarray, prob: np.ndarray, coords_xy: np.ndarray, labels: np.ndarray, max_side: int = 320,
     iterations: int = 4, seed_fraction: float = 0.01, band_fraction: float | None = None, min_kept: float = 0.0,
+    region_scale: bool = False, clicked_only: bool = True,
 ) -> np.ndarray:
     """Sharpen a probability map's boundary with GrabCut; returns an HxW float32 {0, 1} mask.
 
@@ -135,24 +141,45 @@ def grabcut_refine(
     within a band of that fraction of the longer side around ``prob > 0.5`` (inside it definite
     foreground, outside definite background), so it sharpens edges but cannot swap regions.
     Works on a copy whose longer side is at most ``max_side``; only components holding a
-    positive click are kept. When GrabCut keeps less than ``min_kept`` of the network's mask
+    positive click are kept (all of them with ``clicked_only=False``: a target in several
+    pieces, e.g. two shoes, keeps the pieces the network found). When GrabCut keeps less than ``min_kept`` of the network's mask
     (it overruled the network rather than sharpening it, e.g. dark hair over a dark jacket), the
-    network's mask ``prob > 0.5`` is returned instead.
+    network's mask ``prob > 0.5`` is returned instead. With ``region_scale`` (needs
+    ``band_fraction``) only the region GrabCut works in (the mask and the positive clicks, grown
+    by twice the band and a seed radius) is cut out and downscaled to ``max_side``, so small
+    objects keep their resolution; band and seed sizes stay fractions of the whole image's side.
     """
     height, width = prob.shape
-    scale = min(1.0, max_side / max(height, width))
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA) if scale < 1 else image
-    small_prob = cv2.resize(prob.astype(np.float32), size, interpolation=cv2.INTER_LINEAR) if scale < 1 else prob
+    coords_xy = np.asarray(coords_xy, np.float64).reshape(-1, 2)
+    labels = np.asarray(labels)
+    top, bottom, left, right = 0, height, 0, width
+    if region_scale:
+        if band_fraction is None:
+            raise ValueError("region_scale needs band_fraction (the region is the band around the mask)")
+        box = _refine_region(prob > 0.5, coords_xy[labels == 1], 2 * band_fraction + seed_fraction)
+        if box is None:
+            return np.zeros((height, width), np.float32)
+        top, bottom, left, right = box
+        in_crop = (coords_xy[:, 0] >= left) & (coords_xy[:, 0] < right) & (coords_xy[:, 1] >= top) & (coords_xy[:, 1] < bottom)
+        coords_xy, labels = coords_xy[in_crop] - [left, top], labels[in_crop]
+    crop_h, crop_w = bottom - top, right - left
+    crop_image = np.ascontiguousarray(image[top:bottom, left:right])
+    crop_prob = prob[top:bottom, left:right].astype(np.float32)
+    scale = min(1.0, max_side / max(crop_h, crop_w))
+    size = (max(1, round(crop_w * scale)), max(1, round(crop_h * scale)))
+    small = cv2.resize(crop_image, size, interpolation=cv2.INTER_AREA) if scale < 1 else crop_image
+    small_prob = cv2.resize(crop_prob, size, interpolation=cv2.INTER_LINEAR) if scale < 1 else crop_prob
     small_h, small_w = small_prob.shape
-    xy = np.clip(np.round((np.asarray(coords_xy, np.float64) + 0.5) * scale - 0.5), 0, [small_w - 1, small_h - 1]).astype(int)
+    # Seed and band sizes are fractions of the whole image's longer side, in the copy's pixels.
+    side = max(height, width) * scale if region_scale else max(small_h, small_w)
+    xy = np.clip(np.round((coords_xy + 0.5) * scale - 0.5), 0, [small_w - 1, small_h - 1]).astype(int)
     gc_mask = np.full((small_h, small_w), cv2.GC_PR_BGD, np.uint8)
     inside = small_prob > 0.5
     gc_mask[inside] = cv2.GC_PR_FGD
-    radius = max(2, round(seed_fraction * max(small_h, small_w)))
+    radius = max(2, round(seed_fraction * side))
     grow, grow_fraction = radius, 0.5
     if band_fraction is not None:  # the box only needs the band (and a band's width of background around it)
-        width_px = max(1, round(band_fraction * max(small_h, small_w)))
+        width_px = max(1, round(band_fraction * side))
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width_px + 1, 2 * width_px + 1))
         gc_mask[cv2.erode(inside.astype(np.uint8), kernel) > 0] = cv2.GC_FGD
         gc_mask[cv2.dilate(inside.astype(np.uint8), kernel) == 0] = cv2.GC_BGD
@@ -160,12 +187,32 @@ def grabcut_refine(
     for (x, y), label in zip(xy, labels):
         cv2.circle(gc_mask, (int(x), int(y)), radius, int(cv2.GC_FGD if label == 1 else cv2.GC_BGD), thickness=-1)
     foreground = grabcut_in_roi(np.ascontiguousarray(small), gc_mask, iterations, grow, grow_fraction)
-    foreground = keep_clicked_components(foreground, xy, labels).astype(np.float32)
+    if clicked_only:
+        foreground = keep_clicked_components(foreground, xy, labels)
+    foreground = foreground.astype(np.float32)
     if min_kept > 0 and np.count_nonzero(foreground.astype(bool) & inside) < min_kept * np.count_nonzero(inside):
         return (prob > 0.5).astype(np.float32)
     if scale < 1:
-        foreground = (cv2.resize(foreground, (width, height), interpolation=cv2.INTER_LINEAR) > 0.5).astype(np.float32)
-    return foreground
+        foreground = (cv2.resize(foreground, (crop_w, crop_h), interpolation=cv2.INTER_LINEAR) > 0.5).astype(np.float32)
+    if (crop_h, crop_w) == (height, width):
+        return foreground
+    result = np.zeros((height, width), np.float32)
+    result[top:bottom, left:right] = foreground
+    return result
+
+
+def _refine_region(inside: np.ndarray, positive_xy: np.ndarray, margin_fraction: float) -> tuple[int, int, int, int] | None:
+    """``(top, bottom, left, right)`` (ends exclusive): the box around ``inside`` and the positive clicks,
+    grown by ``margin_fraction`` of the longer side (+2 px); None when both are empty."""
+    height, width = inside.shape
+    ys, xs = np.nonzero(inside)
+    ys = np.concatenate([ys, np.clip(np.round(positive_xy[:, 1]), 0, height - 1).astype(int)])
+    xs = np.concatenate([xs, np.clip(np.round(positive_xy[:, 0]), 0, width - 1).astype(int)])
+    if not len(ys):
+        return None
+    margin = int(np.ceil(margin_fraction * max(height, width))) + 2
+    return (max(0, ys.min() - margin), min(height, ys.max() + margin + 1),
+            max(0, xs.min() - margin), min(width, xs.max() + margin + 1))
 
 
 class GrabCutPredictor(_ReferenceIgnoringPredictor):
