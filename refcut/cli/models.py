@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
         out_dir: Path = typer.Argument(..., help="Folder to write config.json + model.safetensors into."),
         fp16: bool = typer.Option(True, "--fp16/--fp32", help="Store the weights in float16 (default) or float32."),
         refine: str = typer.Option(None, help="Predictor default boundary step stored in config.json "
-                                   "(grabcut, grabcut-band, grabcut-guarded, grabcut-fine, ...); default: keep the source's."),
+                                   "(e.g. grabcut-band, grabcut-fine); default: keep the source's."),
         run: str = typer.Option(None, help="Run name recorded under training.run in config.json."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already in OUT_DIR."),
     ) -> None:
