@@ -1,4 +1,4 @@
-"""The diagnostics in scripts/: the reference probe's read-outs and the paired run comparison."""
+"""The diagnostics in scripts/: the reference probe's read-outs, the paired run comparison, click replays."""
 
 import importlib.util
 from pathlib import Path
@@ -122,3 +122,22 @@ def test_paired_episodes_differences_per_dataset():
     assert people["noc_diff"] == pytest.approx(-2) and people["noc_se"] == 0.0
     with pytest.raises(SystemExit, match="more than one row"):
         paired.paired_table(rows, "m", "m:none")
+
+
+def test_replay_clicks_gives_one_iou_per_click_and_mode():
+    from refcut.evaluation.protocol import EpisodeData as LoadedEpisode
+    from refcut.predictor.baselines import GrabCutPredictor
+
+    replay_clicks = _script("replay_clicks")
+    image = np.full((80, 100, 3), 60, np.uint8)
+    image[20:60, 20:70] = (200, 40, 40)
+    gt = np.zeros((80, 100), bool)
+    gt[20:60, 20:70] = True
+    data = LoadedEpisode(episode_id="box", kind="single", image=image, gt_mask=gt)
+    clicks = replay_clicks.parse_clicks(["45,40,1", "90,10,0"])
+    ious = replay_clicks.replay(GrabCutPredictor(), data, clicks, modes=("none", "both"))
+    assert list(ious) == ["none", "both"] and all(len(v) == 2 for v in ious.values())
+    assert ious["none"] == ious["both"] and ious["none"][0] > 0.8  # GrabCut ignores the (absent) reference
+    for bad in (["45,40"], ["a,b,1"], ["45,40,2"]):
+        with pytest.raises(SystemExit, match="x,y,label"):
+            replay_clicks.parse_clicks(bad)

@@ -79,16 +79,22 @@ GRABCUT_STEPS: dict[str, dict[str, float | bool]] = {
     "grabcut": {},
     "grabcut-band": {"band_fraction": 0.03},
     "grabcut-guarded": {"band_fraction": 0.03, "min_kept": 0.5},
-    "grabcut-fine": {"band_fraction": 0.03, "region_scale": True, "clicked_only": False},
+    "grabcut-fine": {"band_fraction": 0.03, "region_scale": True, "clicked_only": False, "iterations": 1},
+    # Session-9 ablations of grabcut-fine (docs/results/grabcut_fine_train_split/):
     "grabcut-region": {"band_fraction": 0.03, "region_scale": True},
     "grabcut-pieces": {"band_fraction": 0.03, "clicked_only": False},
+    "grabcut-fine-it2": {"band_fraction": 0.03, "region_scale": True, "clicked_only": False, "iterations": 2},
+    "grabcut-fine-it4": {"band_fraction": 0.03, "region_scale": True, "clicked_only": False},
+    "grabcut-fine240": {"band_fraction": 0.03, "region_scale": True, "clicked_only": False, "max_side": 240},
+    "grabcut-fine200": {"band_fraction": 0.03, "region_scale": True, "clicked_only": False, "max_side": 200},
 }
 """The predictors' GrabCut boundary steps by name (``refine=``), as :func:`grabcut_refine` options:
 ``band_fraction``, the band (fraction of the longer side) within which the step may move the
 network's boundary (absent: anywhere); ``min_kept``, below which share of the network's mask
 kept the step is undone; ``region_scale``, downscale only the region around the mask to
 ``max_side`` (small objects keep their full resolution) instead of the whole image;
-``clicked_only=False``, keep every piece of the mask, not only those holding a positive click."""
+``clicked_only=False``, keep every piece of the mask, not only those holding a positive click;
+``iterations``, GrabCut's (4 by default; one is enough inside the band and a third of the cost)."""
 
 
 def grabcut_in_roi(
