@@ -40,8 +40,8 @@ def inputs() -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", nargs="+", default=["grabcut-band", "grabcut-fine-it4", "grabcut-fine-it2", "grabcut-fine"],
-                        choices=[s for s in GRABCUT_STEPS])
+    parser.add_argument("--steps", nargs="+", choices=list(GRABCUT_STEPS),
+                        default=["grabcut-band", "grabcut-fine-it4", "grabcut-fine-it2", "grabcut-fine"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="cv2.setNumThreads")
     args = parser.parse_args()

@@ -148,9 +148,9 @@ def grabcut_refine(
     foreground, outside definite background), so it sharpens edges but cannot swap regions.
     Works on a copy whose longer side is at most ``max_side``; only components holding a
     positive click are kept (all of them with ``clicked_only=False``: a target in several
-    pieces, e.g. two shoes, keeps the pieces the network found). When GrabCut keeps less than ``min_kept`` of the network's mask
-    (it overruled the network rather than sharpening it, e.g. dark hair over a dark jacket), the
-    network's mask ``prob > 0.5`` is returned instead. With ``region_scale`` (needs
+    pieces, e.g. two shoes, keeps the pieces the network found). When GrabCut keeps less than
+    ``min_kept`` of the network's mask (it overruled the network rather than sharpening it, e.g.
+    dark hair over a dark jacket), the network's mask ``prob > 0.5`` is returned instead. With ``region_scale`` (needs
     ``band_fraction``) only the region GrabCut works in (the mask and the positive clicks, grown
     by twice the band and a seed radius) is cut out and downscaled to ``max_side``, so small
     objects keep their resolution; band and seed sizes stay fractions of the whole image's side.
@@ -166,7 +166,8 @@ def grabcut_refine(
         if box is None:
             return np.zeros((height, width), np.float32)
         top, bottom, left, right = box
-        in_crop = (coords_xy[:, 0] >= left) & (coords_xy[:, 0] < right) & (coords_xy[:, 1] >= top) & (coords_xy[:, 1] < bottom)
+        x, y = coords_xy[:, 0], coords_xy[:, 1]
+        in_crop = (x >= left) & (x < right) & (y >= top) & (y < bottom)  # negative clicks may lie outside
         coords_xy, labels = coords_xy[in_crop] - [left, top], labels[in_crop]
     crop_h, crop_w = bottom - top, right - left
     crop_image = np.ascontiguousarray(image[top:bottom, left:right])
