@@ -7,8 +7,9 @@ NoC@85 and the IoU after one click, and how many episodes A needs fewer / more c
     python scripts/paired_episodes.py runs/eval_main/per_episode.csv --a refcut:both --b refcut:none
     python scripts/paired_episodes.py runs/eval_main/per_episode.csv --a refcut:both --b grabcut
 
-A side is ``METHOD[:MODE]``; METHOD is the name before ``=`` in ``--method NAME=PATH`` (or the
-whole method string), MODE defaults to any (baselines have one mode). Only main-study rows count.
+A side is ``METHOD[:MODE]``; METHOD is the run's method label (``method_label``: the NAME of
+``--method NAME=PATH``, else a model's folder name) or the whole method string; MODE defaults
+to any (baselines have one mode). Only main-study rows count.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ import csv
 import math
 from pathlib import Path
 
+from refcut.evaluation.baselines import method_label
+
 
 def read_side(rows: list[dict[str, str]], side: str) -> dict[tuple[str, str], dict[str, str]]:
     """The main-study rows of one ``METHOD[:MODE]`` side, keyed by (dataset, episode id)."""
     method, _, mode = side.partition(":")
     chosen = {}
     for row in rows:
-        if row.get("study", "main") != "main" or row["method"].split("=")[0] != method:
+        if row.get("study", "main") != "main" or method not in (row["method"], method_label(row["method"])):
             continue
         if mode and row["mode"] != mode:
             continue

@@ -150,10 +150,11 @@ def grabcut_refine(
     positive click are kept (all of them with ``clicked_only=False``: a target in several
     pieces, e.g. two shoes, keeps the pieces the network found). When GrabCut keeps less than
     ``min_kept`` of the network's mask (it overruled the network rather than sharpening it, e.g.
-    dark hair over a dark jacket), the network's mask ``prob > 0.5`` is returned instead. With ``region_scale`` (needs
-    ``band_fraction``) only the region GrabCut works in (the mask and the positive clicks, grown
-    by twice the band and a seed radius) is cut out and downscaled to ``max_side``, so small
-    objects keep their resolution; band and seed sizes stay fractions of the whole image's side.
+    dark hair over a dark jacket), the network's mask ``prob > 0.5`` is returned instead. With
+    ``region_scale`` (needs ``band_fraction``) only the region GrabCut works in (the mask and the
+    positive clicks, grown by twice the band and a seed radius) is cut out and downscaled to
+    ``max_side``, so small objects keep their resolution; band and seed sizes stay fractions of
+    the whole image's side.
     """
     height, width = prob.shape
     coords_xy = np.asarray(coords_xy, np.float64).reshape(-1, 2)
@@ -208,7 +209,9 @@ def grabcut_refine(
     return result
 
 
-def _refine_region(inside: np.ndarray, positive_xy: np.ndarray, margin_fraction: float) -> tuple[int, int, int, int] | None:
+def _refine_region(
+    inside: np.ndarray, positive_xy: np.ndarray, margin_fraction: float
+) -> tuple[int, int, int, int] | None:
     """``(top, bottom, left, right)`` (ends exclusive): the box around ``inside`` and the positive clicks,
     grown by ``margin_fraction`` of the longer side (+2 px); None when both are empty."""
     height, width = inside.shape
