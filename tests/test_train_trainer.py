@@ -326,3 +326,30 @@ def test_first_click_samples_keep_one_positive_click_and_no_simulated_clicks():
     assert seen_prev[-1][0].abs().sum() == 0 and seen_prev[-1][1].abs().sum() > 0  # nor a previous mask
     with pytest.raises(ValueError, match="first_click_prob"):
         tiny_config().with_overrides(["data.first_click_prob=1.5"])
+
+
+def test_click_sequence_samples_start_from_one_click_and_get_simulated_corrections():
+    import contextlib
+
+    from refcut.training.trainer import training_step
+
+    config = tiny_config(max_extra_clicks=2)
+    config.data.first_click_prob = 0.0
+    config.data.click_sequence_prob = 1.0
+    dataset = TrainingPairDataset(FakePairSource(reference_prob=1.0), config, 64)
+    items = [dataset[i] for i in range(4)]
+    for item in items:  # one positive in row 0, every other row padding, not a first-click sample
+        assert not item["first_click"]
+        assert item["points"][0, 2] == 1 and (item["points"][1:, 2] == -1).all()
+    batch = torch.utils.data.default_collate(items)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_preset("tiny_test"))
+    rng = np.random.default_rng(3)
+    out = training_step(model, model, batch, config, rng, contextlib.nullcontext)
+    while not out.num_extra_clicks:
+        out = training_step(model, model, batch, config, rng, contextlib.nullcontext)
+    first_row = 2 * config.data.max_initial_points
+    assert (out.points[:, first_row, 2] >= 0).any()  # the corrections went into the simulated rows
+    assert (out.points[:, 1:first_row, 2] == -1).all()  # and nowhere else
+    with pytest.raises(ValueError, match="click_sequence_prob"):
+        tiny_config().with_overrides(["data.click_sequence_prob=-0.1"])

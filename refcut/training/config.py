@@ -38,6 +38,10 @@ class DataConfig:
     :mod:`refcut.data.pairs`). ``first_click_prob`` is the share of samples trained on their first
     click alone: one positive click, no negatives, no simulated clicks (the case the evaluation's
     IoU after one click measures, and where a reference has the most to decide).
+    ``click_sequence_prob`` is the share of the other samples that also start from their first
+    positive click alone but keep the step's simulated corrective clicks, so the network learns
+    to correct its own first-click mask (with a reference: a negative click on a region the
+    reference wrongly added) as the evaluation's clicker and an annotator do.
     """
 
     datasets: list[str] = field(default_factory=list)
@@ -62,6 +66,7 @@ class DataConfig:
     reference_full_prob: float = 0.7
     combination_weights: dict[str, float] = field(default_factory=dict)
     first_click_prob: float = 0.0
+    click_sequence_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if self.base_resize not in BASE_RESIZES:
@@ -69,7 +74,8 @@ class DataConfig:
         if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
             raise ValueError(f"data.scale_range must be [low, high] with 0 < low <= high, got {self.scale_range}")
         for name in ("only_one_mask_prob", "no_reference_prob", "positive_erode_prob", "negative_border_prob",
-                     "flip_prob", "color_jitter_prob", "full_view_prob", "reference_full_prob", "first_click_prob"):
+                     "flip_prob", "color_jitter_prob", "full_view_prob", "reference_full_prob", "first_click_prob",
+                     "click_sequence_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"data.{name} must be a probability, got {getattr(self, name)}")
         if self.max_initial_points < 1:

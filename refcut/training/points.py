@@ -86,7 +86,6 @@ def sample_initial_points(
     return points
 
 
-
 def training_points(
     gt_mask: np.ndarray, rng: np.random.Generator, data: "DataConfig", rows: int
 ) -> tuple[np.ndarray, bool]:
@@ -94,7 +93,10 @@ def training_points(
 
     The initial clicks come from :func:`sample_initial_points` with the ``data`` config; with
     probability ``data.first_click_prob`` they are cut to their first positive click (the trainer
-    then adds no simulated click to that sample).
+    then adds no simulated click to that sample). Otherwise, with probability
+    ``data.click_sequence_prob``, they are cut the same way but the sample keeps the step's
+    simulated clicks: a first click followed by corrections at the largest error, the sequence
+    the evaluation and an annotator produce.
     """
     points = np.tile(np.asarray(PAD_ROW, dtype=np.float32), (rows, 1))
     points[: 2 * data.max_initial_points] = sample_initial_points(
@@ -102,6 +104,7 @@ def training_points(
         data.positive_erode_iters, data.negative_border_prob, data.border_ratio,
     )
     first_click = data.first_click_prob > 0 and rng.random() < data.first_click_prob
-    if first_click:
+    sequence = not first_click and data.click_sequence_prob > 0 and rng.random() < data.click_sequence_prob
+    if first_click or sequence:
         points[1:] = PAD_ROW  # row 0 is the first positive
     return points, first_click
