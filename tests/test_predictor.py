@@ -9,6 +9,7 @@ import torch
 from refcut import RefCutPredictor
 from refcut.predictor.transforms import (
     ZoomInSettings,
+    as_zoom_in_settings,
     box_iou,
     crop_resize,
     expand_box,
@@ -62,6 +63,24 @@ def test_zoom_in_box_rules():
     assert new != box and new[1] >= 190 and new[3] >= 290
     assert zoom_in_box(prob, np.array([[75, 125]]), box, ZoomInSettings(enabled=False)) is None
     assert box_iou((0, 9, 0, 9), (5, 14, 0, 9)) == pytest.approx(50 / 150)
+
+
+def test_zoom_in_settings_from_a_model_config(tiny_model, tmp_path):
+    assert as_zoom_in_settings(False) == ZoomInSettings(enabled=False)
+    assert as_zoom_in_settings({"expansion_ratio": 2.0}) == ZoomInSettings(expansion_ratio=2.0)
+    with pytest.raises(ValueError, match="unknown field.*'ratio'"):
+        as_zoom_in_settings({"ratio": 2.0})
+    with pytest.raises(TypeError, match="zoom_in must be"):
+        as_zoom_in_settings("yes")
+    import json
+
+    RefCutPredictor(tiny_model).save_pretrained(tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["predictor"] = {"zoom_in": {"expansion_ratio": 2.0, "min_crop_size": 300}}
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    loaded = RefCutPredictor.from_pretrained(tmp_path / "m")
+    assert loaded.zoom_in == ZoomInSettings(expansion_ratio=2.0, min_crop_size=300)
+    assert not RefCutPredictor.from_pretrained(tmp_path / "m", zoom_in=False).zoom_in.enabled
 
 
 def test_crop_coordinates_and_paste_back_are_consistent():

@@ -25,6 +25,7 @@ from refcut.predictor.baselines import GRABCUT_STEPS, grabcut_refine
 from refcut.predictor.transforms import (
     Box,
     ZoomInSettings,
+    as_zoom_in_settings,
     crop_resize,
     full_box,
     paste_back,
@@ -96,7 +97,7 @@ class RefCutPredictor:
         self,
         model: RefCutModel | EncodeOnceModel,
         device: str | torch.device = "cpu",
-        zoom_in: bool | ZoomInSettings = True,
+        zoom_in: bool | ZoomInSettings | dict = True,
         flip: bool | None = None,
         threshold: float = 0.49,
         precision: str = "fp32",
@@ -114,7 +115,7 @@ class RefCutPredictor:
         self._last_raw: np.ndarray | None = None
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.zoom_in = zoom_in if isinstance(zoom_in, ZoomInSettings) else ZoomInSettings(enabled=bool(zoom_in))
+        self.zoom_in = as_zoom_in_settings(zoom_in)
         self.encode_once = isinstance(model, EncodeOnceModel)
         self.flip = (not self.encode_once) if flip is None else flip
         self.threshold = threshold

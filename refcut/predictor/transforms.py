@@ -8,7 +8,7 @@ resized to the network's square input (not aspect-preserving) with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -26,6 +26,21 @@ class ZoomInSettings:
     min_crop_size: int = 200
     recompute_iou: float = 0.5
     mask_threshold: float = 0.5
+
+
+def as_zoom_in_settings(value: bool | ZoomInSettings | dict) -> ZoomInSettings:
+    """``True`` / ``False``, settings, or a dict of their fields (a model's ``config.json``) -> settings."""
+    if isinstance(value, ZoomInSettings):
+        return value
+    if isinstance(value, dict):
+        known = {f.name for f in fields(ZoomInSettings)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"zoom_in: unknown field(s) {unknown}; known: {sorted(known)}")
+        return ZoomInSettings(**value)
+    if isinstance(value, bool):
+        return ZoomInSettings(enabled=value)
+    raise TypeError(f"zoom_in must be a bool, ZoomInSettings or dict, got {type(value).__name__}")
 
 
 def full_box(height: int, width: int) -> Box:
