@@ -133,6 +133,35 @@ def test_reference_is_encoded_once_and_never_per_click(tiny_model, rng, monkeypa
     assert len(calls) == 2
 
 
+def test_reference_crop_encodes_the_box_around_the_masks(tiny_model, rng, monkeypatch):
+    reference = rng.integers(0, 256, size=(400, 300, 3), dtype=np.uint8)
+    positive, negative = np.zeros((400, 300), bool), np.zeros((400, 300), bool)
+    positive[100:150, 50:100] = True
+    negative[150:260, 50:100] = True
+    seen = []
+    original = tiny_model.encode_reference
+    monkeypatch.setattr(tiny_model, "encode_reference", lambda x: seen.append(x) or original(x))
+    cropped = RefCutPredictor(tiny_model, reference_crop=1.5)
+    assert cropped._reference_box(positive, negative, (400, 300)) == expand_box((100, 259, 50, 99), 1.5, 200, 400, 300)
+    cropped.set_reference(reference, positive, negative)
+    y0, y1, x0, x1 = expand_box((100, 259, 50, 99), 1.5, 200, 400, 300)
+    expected = cropped._resize_input(cropped._to_tensor(np.ascontiguousarray(reference[y0 : y1 + 1, x0 : x1 + 1])))
+    assert torch.equal(seen[-1], expected)
+    whole = RefCutPredictor(tiny_model)
+    whole.set_reference(reference, positive, negative)
+    assert torch.equal(seen[-1], whole._resize_input(whole._to_tensor(reference)))
+    assert not torch.allclose(cropped._positive_prototype, whole._positive_prototype)
+    # Other masks on the same image are another crop: encoded again; the same masks are cached.
+    cropped.set_reference(reference, positive, negative)
+    assert cropped.reference_encodings == 1
+    cropped.set_reference(reference, negative)
+    assert cropped.reference_encodings == 2
+    # No mask: nothing to crop around, the whole image is encoded.
+    assert cropped._reference_box(None, np.zeros((400, 300), bool), (400, 300)) == (0, 399, 0, 299)
+    with pytest.raises(ValueError, match="reference_crop"):
+        RefCutPredictor(tiny_model, reference_crop=0.5)
+
+
 def test_reference_changes_prediction_when_branch_is_trained(tiny_model, rng):
     torch.nn.init.normal_(tiny_model.reference.positive_mlp.fc2.weight, std=0.5)
     predictor = RefCutPredictor(tiny_model)

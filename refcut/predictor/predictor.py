@@ -27,7 +27,9 @@ from refcut.predictor.transforms import (
     ZoomInSettings,
     as_zoom_in_settings,
     crop_resize,
+    expand_box,
     full_box,
+    mask_box,
     paste_back,
     points_to_network,
     view_resize,
@@ -91,7 +93,15 @@ class RefCutPredictor:
     with the clicks as hard seeds (:func:`refcut.predictor.baselines.grabcut_refine`). When the
     caller passes that refined mask back as ``prev_mask``, the network is fed its own previous
     probability instead.
+
+    ``reference_crop=r`` encodes the reference as a crop around its masks (the box of positive and
+    negative together, scaled by ``r``, at least ``REFERENCE_MIN_CROP`` px a side) instead of the
+    whole image, so its features have the scale of the zoomed-in target views (training draws
+    references from such object crops too).
     """
+
+    REFERENCE_MIN_CROP = 200
+    """The smallest side of a reference crop in pixels (as the training cache's object crops)."""
 
     def __init__(
         self,
@@ -104,7 +114,11 @@ class RefCutPredictor:
         reference_cache_size: int = 8,
         image_cache_size: int = 4,
         refine: str | None = None,
+        reference_crop: float | None = None,
     ) -> None:
+        if reference_crop is not None and not reference_crop >= 1.0:
+            raise ValueError(f"reference_crop must be None (the whole image) or an expansion ratio >= 1, got {reference_crop!r}")
+        self.reference_crop = reference_crop
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         if refine not in REFINEMENTS:
@@ -195,11 +209,16 @@ class RefCutPredictor:
         shape = image.shape[:2]
         positive = _as_mask(positive_mask, shape, "positive_mask")
         negative = _as_mask(negative_mask, shape, "negative_mask")
-        key = _image_key(image)
+        box = self._reference_box(positive, negative, shape)
+        y0, y1, x0, x1 = box
+        crop = lambda m: None if m is None else m[y0 : y1 + 1, x0 : x1 + 1]  # noqa: E731
+        positive, negative = crop(positive), crop(negative)
+        key = f"{_image_key(image)}:{box}"
         features = self._feature_cache.get(key)
         if features is None:
+            view = self._to_tensor(np.ascontiguousarray(image[y0 : y1 + 1, x0 : x1 + 1]))
             with self._autocast():
-                features = self.model.encode_reference(self._resize_input(self._to_tensor(image))).float()
+                features = self.model.encode_reference(self._resize_input(view)).float()
             self.reference_encodings += 1
             self._feature_cache[key] = features
             while len(self._feature_cache) > self._cache_size:
@@ -213,6 +232,14 @@ class RefCutPredictor:
 
         self._positive_prototype = masked_average_pool(features, pos_t)[0] if positive is not None and positive.any() else None
         self._negative_prototype = masked_average_pool(features, neg_t)[0] if negative is not None and negative.any() else None
+
+    def _reference_box(self, positive: np.ndarray | None, negative: np.ndarray | None, shape: tuple[int, int]) -> Box:
+        """The part of the reference image that is encoded: the whole, or the crop ``reference_crop`` asks for."""
+        masks = [m for m in (positive, negative) if m is not None and m.any()]
+        if self.reference_crop is None or not masks:
+            return full_box(*shape)
+        box = mask_box(np.logical_or.reduce(masks))
+        return expand_box(box, self.reference_crop, self.REFERENCE_MIN_CROP, *shape)
 
     def clear_reference(self) -> None:
         """Predict without a reference (zero prompts)."""

@@ -48,6 +48,14 @@ def full_box(height: int, width: int) -> Box:
     return (0, height - 1, 0, width - 1)
 
 
+def mask_box(mask: np.ndarray) -> Box | None:
+    """The tight inclusive box of a HxW bool mask, or None when it is empty."""
+    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    if not len(rows):
+        return None
+    return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+
+
 def expand_box(box: Box, ratio: float, min_size: int, height: int, width: int) -> Box:
     """Scale ``box`` about its centre by ``ratio``, make each side at least ``min_size``, clamp to the image."""
     y0, y1, x0, x1 = box

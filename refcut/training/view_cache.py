@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from refcut.model.click_decoder import ViewFeatures
-from refcut.predictor.transforms import Box, box_iou, expand_box, full_box, view_resize
+from refcut.predictor.transforms import Box, box_iou, expand_box, full_box, mask_box, view_resize
 
 CACHE_FORMAT = 1
 VIEW_KINDS = ("full", "flip", "object", "part")
@@ -93,15 +93,8 @@ def _content_hash(path: str, size: int, mtime_ns: int) -> str:  # size and mtime
     return "sha1:" + hashlib.sha1(Path(path).read_bytes()).hexdigest()[:20]
 
 
-def _mask_box(mask: np.ndarray) -> Box | None:
-    rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-    if not len(rows):
-        return None
-    return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
-
-
 def _jittered_crop(mask: np.ndarray, rng: np.random.Generator) -> Box | None:
-    box = _mask_box(mask)
+    box = mask_box(mask)
     if box is None:
         return None
     height, width = mask.shape
