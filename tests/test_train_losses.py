@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from refcut.training.losses import normalized_focal_loss
+from refcut.training.losses import far_from_clicks_weight, normalized_focal_loss
 
 
 def _reference_nfl(logits: np.ndarray, target: np.ndarray, alpha: float, gamma: float, eps: float = 1e-12):
@@ -59,3 +59,23 @@ def test_good_predictions_cost_less_and_valid_mask_excludes_pixels():
     valid[..., 0, 0] = False
     masked = normalized_focal_loss(logits, target, valid=valid)
     assert float(masked) < float(normalized_focal_loss(logits, target))
+
+
+def test_far_from_clicks_weight_grows_with_distance_and_keeps_the_loss_size():
+    points = torch.tensor([[[2.0, 2.0, 1.0], [0.0, 0.0, -1.0]], [[0.0, 0.0, -1.0], [0.0, 0.0, -1.0]]])
+    weight = far_from_clicks_weight(points, (4, 4), view_size=16, weight=2.0, radius=0.5)
+    assert weight.shape == (2, 1, 4, 4)
+    first = weight[0, 0]
+    # Cell (0, 0) is centred at view pixel (1.5, 1.5), next to the click; (3, 3) at (13.5, 13.5), past the radius (8 px).
+    assert first[0, 0] < first[1, 1] < first[3, 3]
+    assert torch.isclose(first[3, 3], first[3, 2]) and torch.isclose(first.mean(), torch.tensor(1.0))
+    expected = 1 + 2 * min(1.0, float(np.hypot(5.5 - 2, 1.5 - 2)) / 8)
+    assert torch.isclose(first[1, 0] / first[0, 0], torch.tensor(expected / (1 + 2 * float(np.hypot(0.5, 0.5)) / 8)))
+    assert torch.equal(weight[1], torch.ones(1, 4, 4))  # the padding-only sample has no click: plain weights
+    # Weighting moves the loss to far pixels: a mistake there costs more than the same mistake near the click.
+    target = torch.zeros(1, 1, 4, 4)
+    near, far = torch.full((1, 1, 4, 4), -4.0), torch.full((1, 1, 4, 4), -4.0)
+    near[0, 0, 0, 0], far[0, 0, 3, 3] = 4.0, 4.0
+    w = weight[:1]
+    assert normalized_focal_loss(far, target, pixel_weight=w) > normalized_focal_loss(near, target, pixel_weight=w)
+    assert torch.isclose(normalized_focal_loss(far, target), normalized_focal_loss(near, target))

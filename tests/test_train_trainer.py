@@ -353,3 +353,23 @@ def test_click_sequence_samples_start_from_one_click_and_get_simulated_correctio
     assert (out.points[:, 1:first_row, 2] == -1).all()  # and nowhere else
     with pytest.raises(ValueError, match="click_sequence_prob"):
         tiny_config().with_overrides(["data.click_sequence_prob=-0.1"])
+
+
+def test_far_click_weight_changes_the_loss_and_is_validated():
+    import contextlib
+
+    from refcut.training.trainer import training_step
+
+    batches = {}
+    for weight in (0.0, 4.0):
+        config = tiny_config(max_extra_clicks=0, far_click_weight=weight)
+        dataset = TrainingPairDataset(FakePairSource(reference_prob=1.0), config, 64)
+        batches[weight] = (config, torch.utils.data.default_collate([dataset[i] for i in range(2)]))
+    losses = []
+    for weight, (config, batch) in batches.items():
+        torch.manual_seed(0)
+        model = build_model(ModelConfig.from_preset("tiny_test"))
+        losses.append(training_step(model, model, batch, config, np.random.default_rng(0), contextlib.nullcontext).loss)
+    assert torch.isfinite(losses[1]) and not torch.isclose(losses[0], losses[1])
+    with pytest.raises(ValueError, match="far_click_weight"):
+        tiny_config().with_overrides(["far_click_weight=-1"])

@@ -149,6 +149,9 @@ class TrainConfig:
     ``low_res_loss`` (encode-once family only) computes the loss on the decoder's native
     stride-4 logits against the area-downsampled (soft) target instead of on the bilinearly
     upsampled ones: the same function class, about a third less time per step.
+    ``far_click_weight`` up-weights the loss on pixels far from every click (weight
+    ``1 + far_click_weight * min(1, distance / (far_click_radius * side))``): there the clicks
+    say little and the image and the reference must decide (default 0: plain NFL).
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -164,6 +167,8 @@ class TrainConfig:
     loss_alpha: float = 0.5
     loss_gamma: float = 2.0
     low_res_loss: bool = True
+    far_click_weight: float = 0.0
+    far_click_radius: float = 0.25
     precision: str = "auto"
     device: str = "auto"
     threads: int | None = None
@@ -181,6 +186,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_extra_clicks < 0:
             raise ValueError("max_extra_clicks must be >= 0")
+        if self.far_click_weight < 0 or self.far_click_radius <= 0:
+            raise ValueError("far_click_weight must be >= 0 and far_click_radius > 0, got "
+                             f"{self.far_click_weight} and {self.far_click_radius}")
 
     # -- serialisation -------------------------------------------------------------------------
 

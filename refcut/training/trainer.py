@@ -46,7 +46,7 @@ from refcut.provenance import git_revision
 from refcut.training.augment import augment_reference, augment_target
 from refcut.training.config import TrainConfig
 from refcut.training.distributed import DistContext, all_reduce_mean, barrier, init_distributed, shutdown
-from refcut.training.losses import normalized_focal_loss
+from refcut.training.losses import far_from_clicks_weight, normalized_focal_loss
 from refcut.training.points import training_points
 from refcut.weights.native import WEIGHTS_NAME, build_any_model, load_pretrained, load_stored_state, save_pretrained
 
@@ -466,7 +466,12 @@ def training_step(
     with autocast():
         logits = wrapped(inputs, prev, points.to(device), prompt, **extra)
     target = gt if logits.shape == gt.shape else F.adaptive_avg_pool2d(gt.float(), logits.shape[-2:])
-    loss = normalized_focal_loss(logits.float(), target, config.loss_alpha, config.loss_gamma).mean()
+    pixel_weight = None
+    if config.far_click_weight > 0:
+        pixel_weight = far_from_clicks_weight(points, tuple(logits.shape[-2:]), gt.shape[-1], config.far_click_weight,
+                                              config.far_click_radius).to(device)
+    loss = normalized_focal_loss(logits.float(), target, config.loss_alpha, config.loss_gamma,
+                                 pixel_weight=pixel_weight).mean()
     with torch.no_grad():
         logits = full_size_logits(logits.detach().float(), gt)
         pred = torch.sigmoid(logits) > config.click_threshold
