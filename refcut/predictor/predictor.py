@@ -202,8 +202,9 @@ class RefCutPredictor:
         """Set the reference: ``image`` HxWx3 uint8 RGB; masks HxW bool (either may be None or empty).
 
         The backbone features of the reference image are cached (keyed by the image's
-        content), so switching between references or changing only the masks does not
-        re-encode. An empty or absent mask gives a zero prompt for its polarity.
+        content and the encoded box), so switching between references or changing only the
+        masks does not re-encode (with ``reference_crop``, masks with another box do). An empty
+        or absent mask gives a zero prompt for its polarity.
         """
         image = as_rgb_uint8(image, "reference image")
         shape = image.shape[:2]
