@@ -80,6 +80,8 @@ def test_click_accept_reload_export(server, browser) -> None:
     canvas.click(position={"x": box["width"] * 0.5, "y": box["height"] * 0.8}, button="right")
     page.wait_for_selector("body[data-busy='0'] #canvas[data-clicks='2']:not([data-mask-area=''])", state="attached",
                            timeout=60_000)
+    server_ms, shown_ms = page.evaluate("() => [window.refcutState.steps[1].elapsedMs, window.refcutState.steps[1].shownMs]")
+    assert 0 < server_ms <= shown_ms < 60_000  # click-to-mask in the page covers the server's time
     page.keyboard.press("Control+z")
     page.wait_for_selector("#canvas[data-clicks='1']", state="attached")
     assert int(canvas.get_attribute("data-mask-area")) == area_one_click  # undo restores the one-click mask

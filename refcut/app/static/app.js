@@ -215,6 +215,7 @@
     project: null, images: [], index: -1, imageId: null, labels: [], labelId: null,
     clicks: [], steps: [], instances: [], selected: null, busy: 0, review: null, loadSeq: 0,
     predicting: false, predictAgain: false,
+    clickedAt: [],  // performance.now() of each click, for the step's shownMs (click to mask drawn)
   };
   window.refcutState = S;  // for debugging and tests
 
@@ -569,12 +570,14 @@
         }
         if (imageId !== S.imageId) break;
         if (!sameClicks(clicks, S.clicks.slice(0, n))) { S.predictAgain = S.clicks.length > 0; continue; }
-        S.steps[n - 1] = makeStep(prediction, labelId);
+        const step = makeStep(prediction, labelId);
+        S.steps[n - 1] = step;
         if (S.clicks.length !== n || labelId !== S.labelId) {
           if (labelId !== S.labelId) S.steps = [];
           S.predictAgain = true;
         }
         render();
+        step.shownMs = performance.now() - S.clickedAt[n - 1];
       } while (S.predictAgain);
     } finally {
       S.predicting = false;
@@ -588,6 +591,7 @@
 
   function addClick(p, positive) {
     S.clicks.push({ x: Math.round(p.x * 10) / 10, y: Math.round(p.y * 10) / 10, positive });
+    S.clickedAt[S.clicks.length - 1] = performance.now();
     S.steps.length = Math.min(S.steps.length, S.clicks.length - 1);
     render();
     runPredict();
