@@ -373,3 +373,16 @@ def test_warm_start_into_wider_token_maps_keeps_the_checkpoints_function():
         EncodeOnceConfig.from_preset(TINY).decoder, width=8))).state_dict()
     with pytest.raises(ValueError, match="needs"):
         warm_start(new, narrow, "narrow")
+
+
+def test_hard_negative_samples_train_and_change_the_run(tmp_path):
+    data = write_parts_folder(tmp_path / "data", count=10)
+    cache = tmp_path / "cache"
+    plain = train(tiny_encode_once_config(data, cache, steps=2), tmp_path / "a", progress=False)
+    hard = train(tiny_encode_once_config(data, cache, steps=2, **{"data.hard_negative_prob": 1.0}), tmp_path / "b",
+                 progress=False)
+    a, _ = load_pretrained(plain)
+    b, _ = load_pretrained(hard)
+    assert any(not torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    with pytest.raises(ValueError, match="hard_negative_prob"):
+        TrainConfig().with_overrides({"data.hard_negative_prob": 2.0})

@@ -60,3 +60,24 @@ def test_erosion_and_border_band():
 def test_empty_ground_truth_gives_no_positive():
     points = sample_initial_points(np.zeros((16, 16), bool), np.random.default_rng(0), max_points=4)
     assert not (points[:, 2] == 1).any()
+
+
+def test_hard_negative_click_takes_the_outside_token_most_like_the_target():
+    from refcut.training.points import add_negative_click, hard_negative_click
+
+    rng = np.random.default_rng(0)
+    tokens = rng.normal(size=(8, 4, 4)).astype(np.float32)
+    gt = np.zeros((56, 56), bool)
+    gt[:14, :14] = True  # exactly token cell (0, 0)
+    tokens[:, 3, 3] = 2 * tokens[:, 0, 0]  # an outside cell with the target's feature
+    tokens[:, 0, 1] = tokens[:, 0, 0]  # as similar, but its cell touches the target
+    gt[5, 20] = True
+    y, x = hard_negative_click(gt, tokens, rng, top=1)
+    assert (y, x) == (3.5 * 14 - 0.5, 3.5 * 14 - 0.5) and not gt[int(y), int(x)]
+    assert hard_negative_click(np.ones((56, 56), bool), tokens, rng) is None  # no cell outside
+    assert hard_negative_click(np.zeros((56, 56), bool), tokens, rng) is None  # no target
+    points = np.array([[3, 3, 1], [-1, -1, -1], [-1, -1, -1]], np.float32)
+    add_negative_click(points, (y, x), rows=2)
+    assert points[1].tolist() == [y, x, 0] and points[2].tolist() == [-1, -1, -1]
+    add_negative_click(points, (1, 1), rows=2)  # no free row among the first two: unchanged
+    assert points[2].tolist() == [-1, -1, -1]

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from refcut.training.config import TrainConfig
-from refcut.training.points import training_points
+from refcut.training.points import add_negative_click, hard_negative_click, training_points
 from refcut.training.view_cache import CachedObject
 
 MIN_CROP_COVERAGE = 0.8
@@ -78,6 +78,10 @@ class CachedViewPairDataset(Dataset):
         else:
             raise RuntimeError("the view cache holds no usable target: build it with `refcut cache-views`")
         points, first_click = training_points(gt, rng, data, self.rows)
+        if data.hard_negative_prob > 0 and not first_click and rng.random() < data.hard_negative_prob:
+            click = hard_negative_click(gt, target.features.tokens[view].float().numpy(), rng)
+            if click is not None:
+                add_negative_click(points, click, 2 * data.max_initial_points)
         reference = None if spec.reference_id is None or cfg.no_reference else self._object(spec.dataset_index, spec.reference_id)
         size = target.labels.shape[-1]
         positive = np.zeros((size, size), np.float32)

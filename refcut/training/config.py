@@ -42,6 +42,11 @@ class DataConfig:
     positive click alone but keep the step's simulated corrective clicks, so the network learns
     to correct its own first-click mask (with a reference: a negative click on a region the
     reference wrongly added) as the evaluation's clicker and an annotator do.
+    ``hard_negative_prob`` (encode-once family, cached views) is the share of the samples that
+    are not first-click samples which get one more negative click, on the outside token whose
+    feature is closest to the target's mean feature (:func:`refcut.training.points.hard_negative_click`):
+    a negative click whose click-affinity map also lights up the target, which the network must
+    not cut away.
     """
 
     datasets: list[str] = field(default_factory=list)
@@ -67,6 +72,7 @@ class DataConfig:
     combination_weights: dict[str, float] = field(default_factory=dict)
     first_click_prob: float = 0.0
     click_sequence_prob: float = 0.0
+    hard_negative_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if self.base_resize not in BASE_RESIZES:
@@ -75,7 +81,7 @@ class DataConfig:
             raise ValueError(f"data.scale_range must be [low, high] with 0 < low <= high, got {self.scale_range}")
         for name in ("only_one_mask_prob", "no_reference_prob", "positive_erode_prob", "negative_border_prob",
                      "flip_prob", "color_jitter_prob", "full_view_prob", "reference_full_prob", "first_click_prob",
-                     "click_sequence_prob"):
+                     "click_sequence_prob", "hard_negative_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"data.{name} must be a probability, got {getattr(self, name)}")
         if self.max_initial_points < 1:

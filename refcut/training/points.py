@@ -108,3 +108,35 @@ def training_points(
     if first_click or sequence:
         points[1:] = PAD_ROW  # row 0 is the first positive
     return points, first_click
+
+
+def hard_negative_click(gt_mask: np.ndarray, tokens: np.ndarray, rng: np.random.Generator, top: int = 3) -> tuple[float, float] | None:
+    """A negative click ``(y, x)`` in view pixels on a token that looks like the target but lies outside it.
+
+    ``tokens`` are the view's ``D x g x g`` encoder features, ``gt_mask`` its ``S x S`` target. The
+    candidates are the token cells with no target pixel; one of the ``top`` with the highest
+    cosine to the target's mean feature is drawn, and the click goes to its cell's centre. None
+    when every cell touches the target.
+    """
+    d, g, _ = tokens.shape
+    size = gt_mask.shape[0]
+    cover = cv2.resize(gt_mask.astype(np.float32), (g, g), interpolation=cv2.INTER_AREA)
+    outside = (cover == 0).ravel()
+    if not outside.any() or not (cover > 0).any():
+        return None
+    flat = tokens.reshape(d, -1).astype(np.float32)
+    unit = flat / np.maximum(np.linalg.norm(flat, axis=0, keepdims=True), 1e-6)
+    prototype = (unit * cover.ravel()).sum(axis=1)
+    prototype /= max(float(np.linalg.norm(prototype)), 1e-6)
+    cosine = np.where(outside, prototype @ unit, -np.inf)
+    best = np.argsort(-cosine)[: min(top, int(outside.sum()))]
+    cell = int(best[int(rng.integers(len(best)))])
+    step = size / g
+    return (cell // g + 0.5) * step - 0.5, (cell % g + 0.5) * step - 0.5
+
+
+def add_negative_click(points: np.ndarray, click: tuple[float, float], rows: int) -> None:
+    """Write ``click`` as a negative into the first padding row among the first ``rows`` (in place; none free: no-op)."""
+    free = np.nonzero(points[:rows, 2] < 0)[0]
+    if len(free):
+        points[free[0]] = (click[0], click[1], 0.0)
