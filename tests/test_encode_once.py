@@ -384,5 +384,18 @@ def test_hard_negative_samples_train_and_change_the_run(tmp_path):
     a, _ = load_pretrained(plain)
     b, _ = load_pretrained(hard)
     assert any(not torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    # The samples themselves: a negative click on a token cell that holds no target pixel.
+    from refcut.training.trainer import build_cached_dataset
+
+    with_hard, without = (build_cached_dataset(tiny_encode_once_config(data, cache, **{"data.hard_negative_prob": prob}),
+                                               tiny_model(), progress=False) for prob in (1.0, 0.0))
+    added = 0
+    for index in range(6):
+        item, plain_item = with_hard[index], without[index]
+        gt, points, plain = item["gt"][0].numpy() > 0.5, item["points"].numpy(), plain_item["points"].numpy()
+        extra = [row for row in points if row[2] == 0 and not (plain == row).all(axis=1).any()]
+        assert len(extra) <= 1 and not any(gt[int(y), int(x)] for y, x, _ in extra)
+        added += len(extra)
+    assert added >= 4  # none only where the rows are full or every token cell touches the target
     with pytest.raises(ValueError, match="hard_negative_prob"):
         TrainConfig().with_overrides({"data.hard_negative_prob": 2.0})
