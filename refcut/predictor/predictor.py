@@ -23,6 +23,7 @@ from refcut.model.encode_once import EncodeOnceModel
 from refcut.predictor.base import PredictionResult
 from refcut.predictor.baselines import GRABCUT_STEPS, grabcut_refine
 from refcut.predictor.transforms import (
+    OBJECT_CROP_MIN_SIZE,
     Box,
     ZoomInSettings,
     as_zoom_in_settings,
@@ -95,13 +96,10 @@ class RefCutPredictor:
     probability instead.
 
     ``reference_crop=r`` encodes the reference as a crop around its masks (the box of positive and
-    negative together, scaled by ``r``, at least ``REFERENCE_MIN_CROP`` px a side) instead of the
+    negative together, scaled by ``r``, at least ``OBJECT_CROP_MIN_SIZE`` = 200 px a side) instead of the
     whole image, so its features have the scale of the zoomed-in target views (training draws
     references from such object crops too).
     """
-
-    REFERENCE_MIN_CROP = 200
-    """The smallest side of a reference crop in pixels (as the training cache's object crops)."""
 
     def __init__(
         self,
@@ -240,7 +238,7 @@ class RefCutPredictor:
         if self.reference_crop is None or not masks:
             return full_box(*shape)
         box = mask_box(np.logical_or.reduce(masks))
-        return expand_box(box, self.reference_crop, self.REFERENCE_MIN_CROP, *shape)
+        return expand_box(box, self.reference_crop, OBJECT_CROP_MIN_SIZE, *shape)
 
     def clear_reference(self) -> None:
         """Predict without a reference (zero prompts)."""

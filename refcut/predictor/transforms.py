@@ -16,6 +16,10 @@ import torch.nn.functional as F
 
 Box = tuple[int, int, int, int]
 
+OBJECT_CROP_MIN_SIZE = 200
+"""The smallest side in pixels of a crop around an object: the training cache's object and part
+views and the predictor's ``reference_crop``."""
+
 
 @dataclass(frozen=True)
 class ZoomInSettings:
@@ -96,9 +100,9 @@ def zoom_in_box(
     if not fg.any():
         return None
     height, width = prev_prob.shape
-    rows, cols = np.nonzero(fg.any(axis=1))[0], np.nonzero(fg.any(axis=0))[0]
-    ys = np.concatenate([rows[[0, -1]], positive_yx[:, 0]]) if len(positive_yx) else rows[[0, -1]]
-    xs = np.concatenate([cols[[0, -1]], positive_yx[:, 1]]) if len(positive_yx) else cols[[0, -1]]
+    y0, y1, x0, x1 = mask_box(fg)
+    ys = np.concatenate([[y0, y1], positive_yx[:, 0]]) if len(positive_yx) else np.array([y0, y1])
+    xs = np.concatenate([[x0, x1], positive_yx[:, 1]]) if len(positive_yx) else np.array([x0, x1])
     candidate = expand_box(
         (int(ys.min()), int(ys.max()), int(xs.min()), int(xs.max())),
         settings.expansion_ratio,

@@ -29,12 +29,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from refcut.model.click_decoder import ViewFeatures
-from refcut.predictor.transforms import Box, box_iou, expand_box, full_box, mask_box, view_resize
+from refcut.predictor.transforms import OBJECT_CROP_MIN_SIZE, Box, box_iou, expand_box, full_box, mask_box, view_resize
 
 CACHE_FORMAT = 1
 VIEW_KINDS = ("full", "flip", "object", "part")
 DEFAULT_VIEWS = ("full", "object", "part")
-MIN_CROP = 200
 DUPLICATE_IOU = 0.6
 """A crop whose box overlaps an existing view's this much (IoU) is not cached."""
 _SIDED = ("left", "right")
@@ -102,7 +101,7 @@ def _jittered_crop(mask: np.ndarray, rng: np.random.Generator) -> Box | None:
     h, w = y1 - y0 + 1, x1 - x0 + 1
     shift_y, shift_x = rng.uniform(-0.1, 0.1, size=2) * (h, w)
     moved = (int(y0 + shift_y), int(y1 + shift_y), int(x0 + shift_x), int(x1 + shift_x))
-    return expand_box(moved, float(rng.uniform(1.2, 2.0)), MIN_CROP, height, width)
+    return expand_box(moved, float(rng.uniform(1.2, 2.0)), OBJECT_CROP_MIN_SIZE, height, width)
 
 
 def plan_views(
