@@ -375,6 +375,40 @@ def test_warm_start_into_wider_token_maps_keeps_the_checkpoints_function():
         warm_start(new, narrow, "narrow")
 
 
+def attention_model(seed: int = 0) -> EncodeOnceModel:
+    torch.manual_seed(seed)
+    base = EncodeOnceConfig.from_preset(TINY)
+    return EncodeOnceModel(replace(base, decoder=replace(base.decoder, reference_attention=True))).eval()
+
+
+def test_reference_attention_starts_as_the_identity_and_then_reads_the_exemplars():
+    old = tiny_model()
+    new = attention_model(seed=1)
+    warm_start(new, old.state_dict(), "old")  # the attention's weights are not in "old": they start at zero output
+    size = new.config.image_size
+    torch.manual_seed(2)
+    features = old.encode(torch.rand(1, 3, size, size))
+    reference_features = old.encode(torch.rand(1, 3, size, size)).tokens
+    positive = torch.zeros(1, 1, size, size)
+    positive[..., 10:30, 10:40] = 1
+    points = torch.tensor([[[20.0, 30.0, 1.0]]])
+    prev = torch.zeros(1, 1, size, size)
+    run = lambda model, masks: model(features, prev, points, None if masks is None else  # noqa: E731
+                                     model.reference_prompt(reference_features, *masks))
+    for masks in (None, (positive, None), (positive, 1 - positive)):
+        assert torch.allclose(run(new, masks), run(old, masks), atol=1e-6)
+    torch.nn.init.normal_(new.decoder.reference_attention.out.weight, std=0.5)
+    torch.nn.init.normal_(new.decoder.reference_attention.null_value, std=0.5)
+    with_positive, with_both = run(new, (positive, None)), run(new, (positive, 1 - positive))
+    assert not torch.allclose(with_positive, run(old, (positive, None)), atol=1e-4)
+    assert not torch.allclose(with_positive, with_both, atol=1e-4)  # the negative exemplars are read too
+    # No reference = a reference whose masks are empty (as training's samples without one): only the "no match" slot.
+    empty = torch.zeros(1, 1, size, size)
+    assert torch.allclose(run(new, None), run(new, (empty, empty)), atol=1e-5)
+    with pytest.raises(ValueError, match="reference_nearest"):
+        replace(new.config.decoder, reference_nearest=False)
+
+
 def test_hard_negative_samples_train_and_change_the_run(tmp_path):
     data = write_parts_folder(tmp_path / "data", count=10)
     cache = tmp_path / "cache"

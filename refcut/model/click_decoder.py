@@ -46,6 +46,10 @@ class DecoderConfig(DictConfig):
     ``reference_nearest`` adds, per token, the best cosine to any of up to ``reference_exemplars``
     tokens under each reference mask (a few-shot "prior": sharper than the pooled prototype when
     the masked region holds several looks, e.g. a combination of parts).
+    ``reference_attention`` (needs ``reference_nearest``'s exemplars) lets every token attend to
+    those exemplars and a learned "no match" slot with a learned metric
+    (:class:`ReferenceAttention`, ``reference_attention_heads`` heads); its output is added to the
+    tokens. Zero-initialised, so a decoder warm-started without it computes what it did.
     """
 
     config_kind = "decoder config"
@@ -63,6 +67,15 @@ class DecoderConfig(DictConfig):
     reference_affinity: bool = True
     reference_nearest: bool = False
     reference_exemplars: int = 64
+    reference_attention: bool = False
+    reference_attention_heads: int = 4
+
+    def __post_init__(self) -> None:
+        if self.reference_attention and not self.reference_nearest:
+            raise ValueError("decoder reference_attention needs reference_nearest (it attends to the exemplars)")
+        if self.reference_attention and self.width % self.reference_attention_heads:
+            raise ValueError(f"decoder width {self.width} must be a multiple of reference_attention_heads "
+                             f"{self.reference_attention_heads}")
 
 
 class ViewFeatures(NamedTuple):
@@ -242,6 +255,56 @@ def nearest_exemplar_affinity(unit_features: torch.Tensor, reference: ReferenceE
     return best.view(b, 2, gh, gw)
 
 
+class ReferenceAttention(nn.Module):
+    """Every view token attends to the reference's exemplar tokens and one learned "no match" slot.
+
+    A soft nearest-neighbour lookup with a learned metric: queries from the view's unit features,
+    keys and values from the exemplars' plus a learned embedding of their polarity (positive /
+    negative mask), multi-head. The output projection starts at zero. Returns ``B x C x g x g``;
+    without a reference (or without any exemplar) every token gets the "no match" slot's value.
+    """
+
+    def __init__(self, feature_dim: int, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.scale = feature_dim ** 0.5  # unit features -> about unit variance per channel
+        self.query = nn.Linear(feature_dim, width)
+        self.key = nn.Linear(feature_dim, width)
+        self.value = nn.Linear(feature_dim, width)
+        self.polarity_key = nn.Parameter(torch.randn(2, width) * 0.02)
+        self.polarity_value = nn.Parameter(torch.randn(2, width) * 0.02)
+        self.null_key = nn.Parameter(torch.randn(width) * 0.02)
+        self.null_value = nn.Parameter(torch.zeros(width))
+        self.out = nn.Linear(width, width)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def empty(self, like: torch.Tensor) -> torch.Tensor:
+        """``B x C x g x g`` output without a reference, shaped after ``like`` (``B x * x g x g``)."""
+        b, _, gh, gw = like.shape
+        return self.out(self.null_value.to(like.dtype))[None, :, None, None].expand(b, -1, gh, gw)
+
+    def forward(self, unit_features: torch.Tensor, reference: ReferenceEncoding | None) -> torch.Tensor:
+        if reference is None or reference.exemplars is None:
+            return self.empty(unit_features)
+        b, _, gh, gw = unit_features.shape
+        dtype = unit_features.dtype
+        width, heads = self.out.in_features, self.heads
+        exemplars = reference.exemplars.to(dtype) * self.scale  # B x 2 x K x D
+        k = exemplars.shape[2]
+        keys = (self.key(exemplars) + self.polarity_key.to(dtype)[None, :, None]).flatten(1, 2)  # B x 2K x C
+        values = (self.value(exemplars) + self.polarity_value.to(dtype)[None, :, None]).flatten(1, 2)
+        keys = torch.cat([self.null_key.to(dtype).expand(b, 1, width), keys], dim=1)
+        values = torch.cat([self.null_value.to(dtype).expand(b, 1, width), values], dim=1)
+        valid = torch.cat([reference.exemplar_valid.new_ones(b, 1), reference.exemplar_valid.reshape(b, 2 * k)], dim=1)
+        queries = self.query(unit_features.flatten(2).transpose(1, 2) * self.scale)  # B x N x C
+        split = lambda t: t.view(b, t.shape[1], heads, width // heads).transpose(1, 2)  # noqa: E731
+        mixed = F.scaled_dot_product_attention(split(queries), split(keys), split(values),
+                                               attn_mask=valid[:, None, None, :])  # B x h x N x C/h
+        mixed = self.out(mixed.transpose(1, 2).reshape(b, gh * gw, width))
+        return mixed.transpose(1, 2).reshape(b, width, gh, gw)
+
+
 class ClickDecoder(nn.Module):
     """Clicks + previous mask + reference + cached view -> logits ``B x 1 x S x S`` (see the module doc)."""
 
@@ -259,6 +322,8 @@ class ClickDecoder(nn.Module):
         num_maps = self.NUM_TOKEN_MAPS + (2 if config.reference_nearest else 0)
         self.token_maps = nn.Sequential(nn.Conv2d(num_maps, c, 1), nn.GELU(), nn.Conv2d(c, c, 1))
         self.edges_to_tokens = SplitPointwise(e8, 3, c)
+        self.reference_attention = ReferenceAttention(feature_dim, c, config.reference_attention_heads) \
+            if config.reference_attention else None
         self.blocks = nn.ModuleList(SeparableBlock(c, config.kernel_size, config.mlp_ratio) for _ in range(config.depth))
         self.low_blocks = nn.ModuleList(
             SeparableBlock(c, config.kernel_size, config.mlp_ratio) for _ in range(config.low_depth)
@@ -334,6 +399,8 @@ class ClickDecoder(nn.Module):
         x = x + view.edge_tokens + self.edges_to_tokens.clicks_term(resize_maps(dense8, (gh, gw)))
         if reference is not None:
             x = x + reference.prompt.to(dtype)[:, :, None, None]
+        if self.reference_attention is not None:
+            x = x + channels_last(self.reference_attention(view.unit_features, reference))
         for block in self.blocks:
             x = block(x)
         if self.low_blocks:

@@ -89,6 +89,10 @@ ENCODE_ONCE_PRESETS: dict[str, EncodeOnceConfig] = {
     # DINOv2 ViT-S/14 at 336 px (24 x 24 tokens): ~1 s per view on 2 cores.
     "encode_once_vits14": EncodeOnceConfig(encoder=EncoderConfig(image_size=336),
                                            decoder=DecoderConfig(reference_nearest=True)),
+    # The same with ReferenceAttention over the exemplars (warm-starts from encode_once_vits14 models).
+    "encode_once_vits14_refattn": EncodeOnceConfig(
+        name="encode_once_vits14_refattn", encoder=EncoderConfig(image_size=336),
+        decoder=DecoderConfig(reference_nearest=True, reference_attention=True)),
     "encode_once_tiny_test": EncodeOnceConfig(
         name="encode_once_tiny_test",
         encoder=EncoderConfig(name="tiny", image_size=56, patch_size=14, embed_dim=24, depth=2, num_heads=2,
@@ -125,6 +129,8 @@ class EncodeOnceModel(nn.Module):
         return self
 
     FROZEN_PREFIXES = ("encoder.", "edge_encoder.")
+    WARM_START_NEW = ("decoder.reference_attention.",)
+    """Modules that start as the identity (zero output): a warm start from a model without them keeps its outputs."""
 
     def stored_state_dict(self) -> dict[str, torch.Tensor]:
         """The state stored with the model: without the frozen encoders when they come from the packages."""

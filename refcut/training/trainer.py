@@ -258,10 +258,14 @@ def warm_start(model: nn.Module, state: dict[str, torch.Tensor], source: str | P
     """Load ``state`` into ``model`` where a parameter gained input channels, the new ones start at zero.
 
     So a decoder given new input maps (e.g. ``reference_nearest``) starts out computing exactly
-    what the checkpoint did. Any other missing key or shape mismatch is an error naming ``source``.
+    what the checkpoint did. Modules under the model's ``WARM_START_NEW`` prefixes may be missing
+    from ``state`` (they start as initialised, e.g. a zero-initialised ``reference_attention``).
+    Any other missing key or shape mismatch is an error naming ``source``.
     """
     target = model.state_dict()
-    missing, unexpected = sorted(set(target) - set(state)), sorted(set(state) - set(target))
+    new = getattr(model, "WARM_START_NEW", ())
+    missing = sorted(k for k in set(target) - set(state) if not k.startswith(new))
+    unexpected = sorted(set(state) - set(target))
     if missing or unexpected:
         raise ValueError(f"{source} does not fit the preset: missing {missing[:5]}, unexpected {unexpected[:5]}")
     for key, value in state.items():
