@@ -113,11 +113,7 @@ class RefCutPredictor:
         image_cache_size: int = 4,
         refine: str | None = None,
         reference_crop: float | None = None,
-        reference_guidance: float = 1.0,
     ) -> None:
-        if not (np.isfinite(reference_guidance) and reference_guidance >= 0):
-            raise ValueError(f"reference_guidance must be a finite number >= 0, got {reference_guidance!r}")
-        self.reference_guidance = float(reference_guidance)
         if reference_crop is not None and not reference_crop >= 1.0:
             raise ValueError(f"reference_crop must be None (the whole image) or an expansion ratio >= 1, got {reference_crop!r}")
         self.reference_crop = reference_crop
@@ -370,7 +366,7 @@ class RefCutPredictor:
             net_prev = torch.cat([net_prev, net_prev.flip(-1)])
             points = torch.cat([points, flipped])
         with self._autocast():
-            logits = self._guided(lambda prompt: self.model(net_image, net_prev, points, prompt))
+            logits = self.model(net_image, net_prev, points, self._prompt).float()
         if self.flip:
             logits = 0.5 * (logits[:1] + logits[1:].flip(-1))
         prob = paste_back(torch.sigmoid(logits[0, 0]), box, height, width).clamp(0, 1)
@@ -385,14 +381,6 @@ class RefCutPredictor:
                                                        **GRABCUT_STEPS[self.refine])
         return PredictionResult(mask=prob > self.threshold, prob=prob)
 
-    def _guided(self, network) -> torch.Tensor:
-        """``network(prompt)``'s float logits with the current reference, extrapolated by ``reference_guidance``."""
-        logits = network(self._prompt).float()
-        if self._prompt is None or self.reference_guidance == 1.0:
-            return logits
-        plain = network(None).float()
-        return plain + self.reference_guidance * (logits - plain)
-
     def _predict_encode_once(self, box: Box, prev_t: torch.Tensor, points_yx: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """The decoder's HxW probability on the (cached) view of ``box``; see :meth:`predict`."""
         height, width = self.image_size
@@ -403,7 +391,7 @@ class RefCutPredictor:
         net_points = points_to_network(points_yx, box, size)
         points = torch.from_numpy(np.concatenate([net_points, labels[:, None]], axis=1)).float()[None].to(self.device)
         with self._autocast():
-            logits = self._guided(lambda prompt: self.model.decode(view, net_prev, points, prompt))
+            logits = self.model.decode(view, net_prev, points, self._prompt).float()
         prob = paste_back(torch.sigmoid(logits[0, 0]), box, height, width).clamp(0, 1)
         return prob.cpu().numpy().astype(np.float32)
 
