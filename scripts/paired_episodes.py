@@ -6,6 +6,8 @@ NoC@85 and the IoU after one click, and how many episodes A needs fewer / more c
 
     python scripts/paired_episodes.py runs/eval_main/per_episode.csv --a refcut:both --b refcut:none
     python scripts/paired_episodes.py runs/eval_main/per_episode.csv --a refcut:both --b grabcut
+    python scripts/paired_episodes.py runs/eval_new/per_episode.csv --a refcut:both --b refcut:both \
+        --b-csv runs/eval_old/per_episode.csv     # two runs on the same episodes
 
 A side is ``METHOD[:MODE]``; METHOD is the run's method label (``method_label``: the NAME of
 ``--method NAME=PATH``, else a model's folder name) or the whole method string; MODE defaults
@@ -50,9 +52,17 @@ def mean_and_error(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(variance / n)
 
 
-def paired_table(rows: list[dict[str, str]], side_a: str, side_b: str) -> list[dict[str, float | str]]:
-    """One summary per dataset over the episodes both sides ran."""
-    a, b = read_side(rows, side_a), read_side(rows, side_b)
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a ``per_episode.csv``."""
+    with Path(path).open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def paired_table(
+    rows: list[dict[str, str]], side_a: str, side_b: str, rows_b: list[dict[str, str]] | None = None
+) -> list[dict[str, float | str]]:
+    """One summary per dataset over the episodes both sides ran (side B from ``rows_b`` when given)."""
+    a, b = read_side(rows, side_a), read_side(rows if rows_b is None else rows_b, side_b)
     summaries = []
     for dataset in sorted({key[0] for key in a}):
         keys = sorted(key for key in a if key[0] == dataset and key in b)
@@ -80,13 +90,14 @@ def main() -> None:
     parser.add_argument("per_episode", type=Path, help="an evaluation's per_episode.csv")
     parser.add_argument("--a", required=True, help="METHOD[:MODE], e.g. refcut:both")
     parser.add_argument("--b", required=True, help="METHOD[:MODE], e.g. refcut:none or grabcut")
+    parser.add_argument("--b-csv", type=Path, help="read side B from this per_episode.csv (another run)")
     args = parser.parse_args()
-    with args.per_episode.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = read_rows(args.per_episode)
+    rows_b = None if args.b_csv is None else read_rows(args.b_csv)
     print(f"| dataset | episodes | NoC@85 {args.a} | NoC@85 {args.b} | A - B (+- s.e.) | A fewer / more | "
           f"IoU@1 A | IoU@1 B | A - B (+- s.e.) |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for s in paired_table(rows, args.a, args.b):
+    for s in paired_table(rows, args.a, args.b, rows_b):
         print(f"| {s['dataset']} | {s['episodes']} | {s['noc_a']:.2f} | {s['noc_b']:.2f} | "
               f"{s['noc_diff']:+.2f} +- {s['noc_se']:.2f} | {s['fewer']} / {s['more']} | {s['iou_a']:.3f} | "
               f"{s['iou_b']:.3f} | {s['iou_diff']:+.3f} +- {s['iou_se']:.3f} |")
