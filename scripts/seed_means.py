@@ -13,9 +13,11 @@ per dataset, every run's ``both`` / ``none`` and the recipe's mean ``both`` / me
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from paired_episodes import read_rows, read_side
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paired_episodes import read_rows, read_side  # noqa: E402
 
 
 def run_means(folder: Path, method: str) -> dict[str, tuple[float, float, int]]:

@@ -401,7 +401,9 @@ def test_reference_attention_starts_as_the_identity_and_then_reads_the_exemplars
     torch.nn.init.normal_(new.decoder.reference_attention.null_value, std=0.5)
     with_positive, with_both = run(new, (positive, None)), run(new, (positive, 1 - positive))
     assert not torch.allclose(with_positive, run(old, (positive, None)), atol=1e-4)
-    assert not torch.allclose(with_positive, with_both, atol=1e-4)  # the negative exemplars are read too
+    # The negative exemplars are read too: adding the negative mask changes more than it did without attention.
+    assert not torch.allclose(with_both - with_positive, run(old, (positive, 1 - positive)) - run(old, (positive, None)),
+                              atol=1e-4)
     # No reference = a reference whose masks are empty (as training's samples without one): only the "no match" slot.
     empty = torch.zeros(1, 1, size, size)
     assert torch.allclose(run(new, None), run(new, (empty, empty)), atol=1e-5)

@@ -141,3 +141,55 @@ def test_replay_clicks_gives_one_iou_per_click_and_mode():
     for bad in (["45,40"], ["a,b,1"], ["45,40,2"]):
         with pytest.raises(SystemExit, match="x,y,label"):
             replay_clicks.parse_clicks(bad)
+
+
+def _per_episode_csv(path: Path, nocs: dict[str, list[tuple[int, int]]]) -> Path:
+    """A per_episode.csv with NoC@85 (both, none) per episode of each dataset, method ``refcut``."""
+    lines = ["dataset,episode_id,method,mode,study,NoC@85,iou_1"]
+    for dataset, values in nocs.items():
+        for index, (both, none) in enumerate(values):
+            lines += [f"{dataset},e{index},refcut=pack,both,main,{both},0.5", f"{dataset},e{index},refcut=pack,none,main,{none},0.4"]
+    path.mkdir(parents=True)
+    (path / "per_episode.csv").write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_seed_means_and_pairing_across_runs(tmp_path):
+    paired, seeds = _script("paired_episodes"), _script("seed_means")
+    first = _per_episode_csv(tmp_path / "a", {"cars": [(4, 6), (6, 8)], "people": [(10, 10)]})
+    second = _per_episode_csv(tmp_path / "b", {"cars": [(2, 6), (6, 6)], "people": [(12, 10)]})
+    assert seeds.run_means(first, "refcut") == {"cars": (5.0, 7.0, 2), "people": (10.0, 10.0, 1)}
+    assert seeds.run_means(second, "refcut")["cars"] == (4.0, 6.0, 2)
+    cars, people = paired.paired_table(paired.read_rows(second / "per_episode.csv"), "refcut:both", "refcut:both",
+                                       paired.read_rows(first / "per_episode.csv"))
+    assert cars["noc_diff"] == pytest.approx(-1.0) and (cars["fewer"], cars["more"]) == (1, 0)
+    assert people["noc_diff"] == pytest.approx(2.0)
+
+
+def test_negative_click_probe_predicts_the_click_with_and_without_the_reference():
+    from refcut.evaluation.protocol import EpisodeData as LoadedEpisode
+    from refcut.predictor.base import PredictionResult
+
+    probe_module = _script("negative_click_probe")
+    gt = np.zeros((40, 40), bool)
+    gt[10:30, 10:30] = True
+
+    class FollowsTheReference:
+        """Predicts the ground truth with a reference set, and its left half without; a negative click erases 5 columns."""
+
+        def set_reference(self, image, positive, negative=None):
+            self.reference = True
+
+        def clear_reference(self):
+            self.reference = False
+
+        def predict(self, coords, labels, prev_mask=None):
+            mask = gt.copy() if self.reference else gt & (np.arange(40) < 20)[None]
+            if (labels == 0).any():
+                mask[:, 10:15] = False
+            return PredictionResult(mask=mask, prob=mask.astype(np.float32))
+
+    data = LoadedEpisode(episode_id="box", kind="single", image=np.zeros((40, 40, 3), np.uint8), gt_mask=gt,
+                         reference_image=np.zeros((40, 40, 3), np.uint8), positive_mask=gt)
+    before, kept, cleared = probe_module.step_ious(FollowsTheReference(), data, np.array([[20, 20, 1], [12, 20, 0]], float))
+    assert before == pytest.approx(1.0) and kept == pytest.approx(0.75) and cleared == pytest.approx(0.25)
