@@ -3,7 +3,8 @@
 Medians of wall times, each family measured right after the other so that load changes on a
 shared machine hit both; the ratios are the figures to compare across machines.
 
-- **encoder per view**: ``model.encode`` (DINOv2 ViT-S/14 + EfficientNet-Lite0 stages) on one view.
+- **encoder per view**: ``model.encode`` (DINOv2 ViT-S/14 + EfficientNet-Lite0 stages) on one view;
+  ``--encoder-sizes 448`` adds the same at other view sizes, as a ratio to 336 px.
 - **decoder per click**: ``RefCutPredictor.predict`` on an already encoded view (clicks that
   re-encode a new zoom box are excluded and counted), and ``model.decode`` alone.
 - **early fusion per click**: ``RefCutPredictor.predict`` of the early-fusion candidate
@@ -22,6 +23,7 @@ import contextlib
 import platform
 import statistics
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -131,6 +133,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="encode-once training batch")
     parser.add_argument("--early-fusion-batch-size", type=int, default=4, help="as the documented CPU candidates")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--encoder-sizes", type=int, nargs="*", default=[],
+                        help="also time the encoders at these view sizes (multiples of 56), e.g. 448")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -146,6 +150,14 @@ def main() -> None:
     pred, dec, reencoded = decoder_times(RefCutPredictor(encode_once), image, args.clicks)
     ef_clicks = click_latencies(RefCutPredictor(early, flip=True), image, args.clicks, warmup=1)
     rows.append(("encoder per view (336 px)", f"{median_ms(enc):.0f} ms", "(in every click)"))
+    base = encode_once.config
+    for size in args.encoder_sizes:
+        if size % 56:
+            raise SystemExit(f"--encoder-sizes: {size} is not a multiple of 56 (patch 14, edge stride 8)")
+        sized = EncodeOnceModel(replace(base, encoder=replace(base.encoder, image_size=size))).eval()
+        times = encoder_times(sized, args.views)
+        rows.append((f"encoder per view ({size} px, {size // 14}x{size // 14} tokens)",
+                     f"{median_ms(times):.0f} ms ({median_ms(times) / median_ms(enc):.2f}x the 336-px view)", "-"))
     rows.append(("click, predict() on an encoded view", f"{median_ms(pred):.1f} ms ({reencoded} of {args.clicks} clicks re-encoded a zoom box)",
                  f"{median_ms(ef_clicks):.0f} ms"))
     rows.append(("click, decoder alone", f"{median_ms(dec):.1f} ms", "-"))
