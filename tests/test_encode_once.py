@@ -20,7 +20,7 @@ from refcut.model.clicks import compact_points
 from refcut.model.encode_once import EncodeOnceConfig, EncodeOnceModel
 from refcut.training.config import TrainConfig
 from refcut.training.losses import normalized_focal_loss
-from refcut.training.trainer import train, training_step, warm_start
+from refcut.training.trainer import open_view_cache, train, training_step, warm_start
 from refcut.training.view_cache import ViewCache, label_map, plan_views, render_views
 from refcut.weights.native import load_pretrained, save_pretrained
 
@@ -192,6 +192,16 @@ def test_view_cache_round_trip_and_invalidation(tmp_path):
     other = ViewCache(tmp_path / "cache", tiny_model(seed=1))  # other encoder weights: nothing valid
     assert other.load(named, progress=False) == {}
     assert other.build(named, ("full",), progress=False)["objects"] == len(dataset.samples)
+
+
+def test_default_view_cache_folder_depends_on_the_input_size(tmp_path, monkeypatch):
+    monkeypatch.setenv("REFCUT_CACHE", str(tmp_path))
+    small = tiny_model()
+    large = EncodeOnceModel(replace(small.config, encoder=replace(small.config.encoder, image_size=112)))
+    assert open_view_cache(TrainConfig(), small).root == tmp_path / "views-56px"
+    assert open_view_cache(TrainConfig(), large).root == tmp_path / "views-112px"
+    chosen = TrainConfig().with_overrides({"data.view_cache": str(tmp_path / "mine")})
+    assert open_view_cache(chosen, large).root == tmp_path / "mine"
 
 
 def test_predictor_encodes_once_per_view_and_only_when_the_zoom_box_changes():

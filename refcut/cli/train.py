@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
     @app.command("cache-views")
     def cache_views_command(
         data: list[str] = typer.Option(..., "--data", "-d", help="Training dataset PATH or PATH:format (repeatable)."),
-        cache: Path = typer.Option(None, "--cache", help="Cache folder (default $REFCUT_CACHE/views)."),
+        cache: Path = typer.Option(None, "--cache", help="Cache folder (default $REFCUT_CACHE/views-<size>px)."),
         views: str = typer.Option("full,flip,object,part", help="View kinds per object, comma-separated."),
         preset: str = typer.Option("encode_once_vits14", help="Encode-once preset (gives the encoders and input size)."),
         seed: int = typer.Option(0, help="Seed of the crop boxes (the training run's seed)."),

@@ -28,7 +28,7 @@ class DataConfig:
     (SimpleClick).
 
     The encode-once family trains on cached views instead (no pixel augmentation: the encoders'
-    output is cached): ``view_cache`` is their folder (default ``$REFCUT_CACHE/views``),
+    output is cached): ``view_cache`` is their folder (default ``$REFCUT_CACHE/views-<size>px``),
     ``views`` the kinds cached per object (``full``, ``flip``, ``object``, ``part``; see
     :mod:`refcut.training.view_cache`), ``full_view_prob`` / ``reference_full_prob`` how often the
     target / reference is the full view rather than a crop.

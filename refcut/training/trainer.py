@@ -170,11 +170,15 @@ def dataset_names(specs: list[str]) -> list[str]:
 
 
 def open_view_cache(config: TrainConfig, model: EncodeOnceModel):
-    """The :class:`~refcut.training.view_cache.ViewCache` of ``data.view_cache`` (default ``$REFCUT_CACHE/views``)."""
+    """The :class:`~refcut.training.view_cache.ViewCache` of ``data.view_cache``.
+
+    The default, ``$REFCUT_CACHE/views-<size>px``, keeps the caches of models at different input
+    sizes apart (one would otherwise rebuild over the other).
+    """
     from refcut.training.view_cache import ViewCache
     from refcut.weights.frozen_encoders import cache_root
 
-    return ViewCache(config.data.view_cache or cache_root() / "views", model)
+    return ViewCache(config.data.view_cache or cache_root() / f"views-{model.config.image_size}px", model)
 
 
 def build_cached_dataset(config: TrainConfig, model: EncodeOnceModel, pair_source: Any = None, progress: bool = True):
