@@ -4,7 +4,7 @@ Medians of wall times, each family measured right after the other so that load c
 shared machine hit both; the ratios are the figures to compare across machines.
 
 - **encoder per view**: ``model.encode`` (DINOv2 ViT-S/14 + EfficientNet-Lite0 stages) on one view;
-  ``--encoder-sizes 448`` adds the same at other view sizes, as a ratio to 336 px.
+  ``--view-sizes 448`` adds the same at other view sizes, as a ratio to 336 px (and the decoder alone).
 - **decoder per click**: ``RefCutPredictor.predict`` on an already encoded view (clicks that
   re-encode a new zoom box are excluded and counted), and ``model.decode`` alone.
 - **early fusion per click**: ``RefCutPredictor.predict`` of the early-fusion candidate
@@ -72,7 +72,11 @@ def decoder_times(predictor: RefCutPredictor, image: np.ndarray, clicks: int) ->
             reencoded += 1
         elif len(coords) > 1:  # the first call is a warm-up
             times.append(elapsed)
-    model = predictor.model
+    return times, decode_times(predictor.model, clicks), reencoded
+
+
+def decode_times(model: EncodeOnceModel, clicks: int) -> list[float]:
+    """``model.decode`` alone on one encoded random view, three clicks (the first call is a warm-up)."""
     size = model.config.image_size
     with torch.inference_mode():
         view = model.encode_view(model.encode(torch.rand(1, 3, size, size)))
@@ -83,7 +87,7 @@ def decoder_times(predictor: RefCutPredictor, image: np.ndarray, clicks: int) ->
             start = time.perf_counter()
             model.decode(view, prev_t, points, None)
             decode.append(time.perf_counter() - start)
-    return times, decode[1:], reencoded
+    return decode[1:]
 
 
 def synthetic_batch(model, config: TrainConfig, batch: int, rng: np.random.Generator) -> dict:
@@ -133,8 +137,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="encode-once training batch")
     parser.add_argument("--early-fusion-batch-size", type=int, default=4, help="as the documented CPU candidates")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--encoder-sizes", type=int, nargs="*", default=[],
-                        help="also time the encoders at these view sizes (multiples of 56), e.g. 448")
+    parser.add_argument("--view-sizes", "--encoder-sizes", type=int, nargs="*", default=[],
+                        help="also time the encoders and the decoder at these view sizes (multiples of 56), e.g. 448")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -151,16 +155,20 @@ def main() -> None:
     ef_clicks = click_latencies(RefCutPredictor(early, flip=True), image, args.clicks, warmup=1)
     rows.append(("encoder per view (336 px)", f"{median_ms(enc):.0f} ms", "(in every click)"))
     base = encode_once.config
-    for size in args.encoder_sizes:
+    sized_rows = []
+    for size in args.view_sizes:
         if size % 56:
-            raise SystemExit(f"--encoder-sizes: {size} is not a multiple of 56 (patch 14, edge stride 8)")
+            raise SystemExit(f"--view-sizes: {size} is not a multiple of 56 (patch 14, edge stride 8)")
         sized = EncodeOnceModel(replace(base, encoder=replace(base.encoder, image_size=size))).eval()
-        times = encoder_times(sized, args.views)
+        times, decoder = encoder_times(sized, args.views), decode_times(sized, args.clicks)
         rows.append((f"encoder per view ({size} px, {size // 14}x{size // 14} tokens)",
                      f"{median_ms(times):.0f} ms ({median_ms(times) / median_ms(enc):.2f}x the 336-px view)", "-"))
+        sized_rows.append((f"click, decoder alone ({size} px)",
+                           f"{median_ms(decoder):.1f} ms ({median_ms(decoder) / median_ms(dec):.2f}x the 336-px view)", "-"))
     rows.append(("click, predict() on an encoded view", f"{median_ms(pred):.1f} ms ({reencoded} of {args.clicks} clicks re-encoded a zoom box)",
                  f"{median_ms(ef_clicks):.0f} ms"))
-    rows.append(("click, decoder alone", f"{median_ms(dec):.1f} ms", "-"))
+    rows.append(("click, decoder alone (336 px)", f"{median_ms(dec):.1f} ms", "-"))
+    rows += sized_rows
     eo_config = TrainConfig().with_overrides({"batch_size": args.batch_size, "model.preset": "encode_once_vits14"})
     ef_config = TrainConfig().with_overrides({"batch_size": args.early_fusion_batch_size, "reference_grad": False})
     eo_rate = pairs_per_second(encode_once, eo_config, args.steps)
