@@ -76,7 +76,7 @@ def decoder_times(predictor: RefCutPredictor, image: np.ndarray, clicks: int) ->
 
 
 def decode_times(model: EncodeOnceModel, clicks: int) -> list[float]:
-    """``model.decode`` alone on one encoded random view, three clicks (the first call is a warm-up)."""
+    """``model.decode`` alone on one encoded random view with three points, ``clicks`` timed calls after a warm-up."""
     size = model.config.image_size
     with torch.inference_mode():
         view = model.encode_view(model.encode(torch.rand(1, 3, size, size)))

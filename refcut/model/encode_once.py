@@ -89,7 +89,7 @@ ENCODE_ONCE_PRESETS: dict[str, EncodeOnceConfig] = {
     # DINOv2 ViT-S/14 at 336 px (24 x 24 tokens): ~1 s per view on 2 cores.
     "encode_once_vits14": EncodeOnceConfig(encoder=EncoderConfig(image_size=336),
                                            decoder=DecoderConfig(reference_nearest=True)),
-    # The same at 448 px (32 x 32 tokens; the encoders cost ~1.6x, see benchmarks/bench_encode_once.py).
+    # The same at 448 px (32 x 32 tokens; encoders ~1.5-2x, decoder ~1.4x the 336-px cost: docs/benchmarks.md).
     "encode_once_vits14_448": EncodeOnceConfig(name="encode_once_vits14_448", encoder=EncoderConfig(image_size=448),
                                                decoder=DecoderConfig(reference_nearest=True)),
     # The same with ReferenceAttention over the exemplars (warm-starts from encode_once_vits14 models).
