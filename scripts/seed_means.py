@@ -17,19 +17,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paired_episodes import read_rows, read_side  # noqa: E402
+from paired_episodes import paired_table, read_rows  # noqa: E402
 
 
 def run_means(folder: Path, method: str) -> dict[str, tuple[float, float, int]]:
     """Per dataset: mean NoC@85 ``both``, ``none`` and the number of episodes both modes ran."""
-    rows = read_rows(folder / "per_episode.csv")
-    both, none = read_side(rows, f"{method}:both"), read_side(rows, f"{method}:none")
-    means = {}
-    for dataset in sorted({key[0] for key in both}):
-        keys = [key for key in both if key[0] == dataset and key in none]
-        means[dataset] = (sum(float(both[k]["NoC@85"]) for k in keys) / len(keys),
-                          sum(float(none[k]["NoC@85"]) for k in keys) / len(keys), len(keys))
-    return means
+    table = paired_table(read_rows(folder / "per_episode.csv"), f"{method}:both", f"{method}:none")
+    return {s["dataset"]: (s["noc_a"], s["noc_b"], s["episodes"]) for s in table}
 
 
 def main() -> None:
