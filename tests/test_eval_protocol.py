@@ -172,7 +172,7 @@ def test_load_predictor_specs(tmp_path):
     assert isinstance(load_predictor("empty"), EmptyPredictor)
     with pytest.raises(FileNotFoundError, match="neither a baseline"):
         load_predictor(str(tmp_path / "missing-model"))
-    for suffix in ("grabcut", "grabcut-band", "grabcut-guarded", "grabcut-fine"):  # a model path with a boundary step
+    for suffix in ("grabcut", "grabcut-band", "grabcut-guarded", "grabcut-fine", "guided"):  # a model path + boundary step
         assert load_predictor(f"{DEFAULT_MODEL_DIR}+{suffix}").refine == suffix
     with pytest.raises(FileNotFoundError, match="neither a baseline"):
         load_predictor(f"{DEFAULT_MODEL_DIR}+unknown-step")

@@ -19,6 +19,7 @@ from refcut.predictor.baselines import (
     NoReferencePredictor,
     OraclePredictor,
 )
+from refcut.predictor.guided import GUIDED_STEPS
 
 __all__ = [
     "BASELINE_METHODS", "MethodSpec", "load_predictor", "method_label", "method_source", "is_model_method",
@@ -85,13 +86,13 @@ def is_model_method(spec: str) -> bool:
 def load_predictor(spec: str, device: str = "cpu") -> InteractivePredictor:
     """``"grabcut"``, ``"oracle"``, ``"empty"`` or a model path/dir (→ ``RefCutPredictor.from_pretrained``).
 
-    A model path may end in ``+grabcut``, ``+grabcut-band``, ``+grabcut-guarded`` or ``+grabcut-fine``: the
-    predictor then refines each mask with that GrabCut boundary step (``RefCutPredictor(refine=...)``).
+    A model path may end in ``+STEP``, a boundary step of ``GRABCUT_STEPS`` (``+grabcut-fine``, ...) or
+    ``GUIDED_STEPS`` (``+guided``, ...): the predictor then refines each mask with it (``RefCutPredictor(refine=...)``).
     """
     spec = method_source(spec)
     refine = None
     path, _, suffix = spec.rpartition("+")
-    if path and suffix in GRABCUT_STEPS and not Path(spec).exists():
+    if path and (suffix in GRABCUT_STEPS or suffix in GUIDED_STEPS) and not Path(spec).exists():
         spec, refine = path, suffix
     if spec == "grabcut":
         return GrabCutPredictor()

@@ -22,6 +22,7 @@ from refcut.model.click_decoder import ViewEncoding
 from refcut.model.encode_once import EncodeOnceModel
 from refcut.predictor.base import PredictionResult
 from refcut.predictor.baselines import GRABCUT_STEPS, grabcut_refine
+from refcut.predictor.guided import GUIDED_STEPS, guided_step
 from refcut.predictor.transforms import (
     OBJECT_CROP_MIN_SIZE,
     Box,
@@ -40,8 +41,11 @@ from refcut.weights.native import DEFAULT_MODEL_DIR, load_pretrained, save_pretr
 
 __all__ = ["RefCutPredictor", "PredictionResult", "as_rgb_uint8", "REFINEMENTS"]
 
-REFINEMENTS = (None, *GRABCUT_STEPS)
+REFINEMENTS = (None, *GRABCUT_STEPS, *GUIDED_STEPS)
 """Boundary steps after the network (``refine=``)."""
+
+LOGIT_STRIDE = 4
+"""The decoder's logits are this many view pixels apart (the guided step's window is measured in them)."""
 
 
 def as_rgb_uint8(image: np.ndarray, what: str = "image") -> np.ndarray:
@@ -90,10 +94,12 @@ class RefCutPredictor:
     ``predict`` runs only the decoder. ``flip`` defaults to off for this family (it would need a
     second encoder pass per view).
 
-    ``refine="grabcut"`` adds a boundary step: GrabCut initialised from the network's probability
-    with the clicks as hard seeds (:func:`refcut.predictor.baselines.grabcut_refine`). When the
-    caller passes that refined mask back as ``prev_mask``, the network is fed its own previous
-    probability instead.
+    ``refine="grabcut"`` (or another of ``GRABCUT_STEPS``) adds a boundary step: GrabCut initialised
+    from the network's probability with the clicks as hard seeds
+    (:func:`refcut.predictor.baselines.grabcut_refine`); ``refine="guided"`` (``GUIDED_STEPS``) an
+    edge-aware guided filter of the probability with the image as guide, its window measured in
+    decoder cells (:func:`refcut.predictor.guided.guided_refine`). When the caller passes the
+    refined mask back as ``prev_mask``, the network is fed its own previous probability instead.
 
     ``reference_crop=r`` encodes the reference as a crop around its masks (the box of positive and
     negative together, scaled by ``r``, at least ``OBJECT_CROP_MIN_SIZE`` = 200 px a side) instead of the
@@ -374,11 +380,16 @@ class RefCutPredictor:
 
     def _finish(self, prob: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> PredictionResult:
         """Threshold the network's probability, after the boundary step when one is set."""
-        if self.refine in GRABCUT_STEPS:
+        if self.refine is not None:
             assert self._image_np is not None
             self._last_raw = prob
-            prob = self._last_refined = grabcut_refine(self._image_np, prob, coords, labels,
-                                                       **GRABCUT_STEPS[self.refine])
+            if self.refine in GUIDED_STEPS:
+                box = self._box or full_box(*prob.shape)
+                cell_px = max(box[1] - box[0] + 1, box[3] - box[2] + 1) / (self.input_size / LOGIT_STRIDE)
+                prob = guided_step(self.refine, self._image_np, prob, coords, labels, cell_px)
+            else:
+                prob = grabcut_refine(self._image_np, prob, coords, labels, **GRABCUT_STEPS[self.refine])
+            self._last_refined = prob
         return PredictionResult(mask=prob > self.threshold, prob=prob)
 
     def _predict_encode_once(self, box: Box, prev_t: torch.Tensor, points_yx: np.ndarray, labels: np.ndarray) -> np.ndarray:
