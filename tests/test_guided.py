@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from refcut.predictor.baselines import GRABCUT_STEPS
-from refcut.predictor.guided import GUIDED_STEPS, guided_filter, guided_refine, guided_step
+from refcut.predictor.guided import GUIDED_STEPS, boundary_contrast, guided_filter, guided_refine, guided_step
 from refcut.predictor.predictor import REFINEMENTS, RefCutPredictor
 
 
@@ -94,3 +94,45 @@ def test_the_vote_lets_grabcut_decide_only_where_the_network_is_unsure(monkeypat
     assert refined[30, 12] > 0.49  # GrabCut cannot drop the sure piece
     assert (refined[30, 32] > 0.49) == bool(cut_value)  # it decides the unsure one
     assert not (refined[:, 50:] > 0.49).any()  # nor add where the network is sure of the background
+
+
+def square_on(background, square=(200, 40, 40), size=200):
+    """A ``size`` x ``size`` image of ``background`` with a square of colour ``square`` in its middle, and the square's mask."""
+    image = np.full((size, size, 3), background, np.uint8)
+    mask = np.zeros((size, size), bool)
+    mask[60:140, 50:150] = True
+    image[mask] = square
+    return image, mask
+
+
+def test_boundary_contrast_is_high_on_a_colour_edge_and_low_on_the_same_colour():
+    on_blue = boundary_contrast(*square_on((40, 40, 200)))
+    on_red = boundary_contrast(*square_on((200, 40, 40)))
+    on_dark_red = boundary_contrast(*square_on((170, 40, 40)))
+    assert on_red is not None and on_red < 1.0
+    assert on_red < on_dark_red < on_blue and on_blue > 50
+    image, mask = square_on((0, 0, 0))
+    assert boundary_contrast(image, np.zeros_like(mask)) is None and boundary_contrast(image, np.ones_like(mask)) is None
+    with pytest.raises(ValueError, match="differ in size"):
+        boundary_contrast(image, mask[:-1])
+
+
+@pytest.mark.parametrize("contrast, grabcut_used", [(None, True), (5.0, False), (30.0, True)])
+def test_the_adaptive_vote_drops_grabcut_when_the_reference_boundary_is_no_colour_edge(monkeypatch, contrast,
+                                                                                       grabcut_used):
+    image = np.full((60, 60, 3), 128, np.uint8)
+    prob = np.zeros((60, 60), np.float32)
+    prob[10:50, 25:40] = 0.45  # unsure: only GrabCut (here: "all foreground") could make it foreground
+    monkeypatch.setattr("refcut.predictor.guided.grabcut_refine", lambda image, p, coords, labels, **kw: np.ones_like(p))
+    refined = guided_step("guided-grabcut-adaptive", image, prob, np.array([[30, 30]]), np.array([1]), cell_px=1.0,
+                          reference_contrast=contrast)
+    assert (refined[30, 32] > 0.49) == grabcut_used
+
+
+def test_the_predictor_measures_the_reference_boundary_for_the_adaptive_step(tiny_model):
+    predictor = RefCutPredictor(tiny_model, refine="guided-grabcut-adaptive")
+    image, mask = square_on((40, 40, 200))
+    predictor.set_reference(image, mask, ~mask)
+    assert predictor._reference_contrast == pytest.approx(boundary_contrast(image, mask))
+    predictor.clear_reference()
+    assert predictor._reference_contrast is None

@@ -282,13 +282,13 @@ def test_bf16_precision_runs(tiny_model, rng):
 
 
 def test_the_shipped_default_model_loads_and_segments_the_demo_image():
-    """``from_pretrained()`` with no argument: the packaged encode-once model (+ its region-scaled GrabCut boundary step)."""
+    """``from_pretrained()`` with no argument: the packaged encode-once model (+ its guided-filter / GrabCut boundary step)."""
     import cv2
 
     from refcut.weights.native import DEFAULT_MODEL_DIR
 
     predictor = RefCutPredictor.from_pretrained()
-    assert predictor.encode_once and predictor.refine == "grabcut-fine"
+    assert predictor.encode_once and predictor.refine == "guided-grabcut"
     assert (DEFAULT_MODEL_DIR / "model.safetensors").stat().st_size < 5 * 2**20  # the decoder only, fp16
     image = cv2.cvtColor(cv2.imread(str(DEFAULT_MODEL_DIR.parents[1] / "demo" / "images" / "ccp_0001.jpg")), cv2.COLOR_BGR2RGB)
     predictor.set_image(image)

@@ -33,8 +33,20 @@ GUIDED_STEPS: dict[str, dict[str, float | str]] = {
     "guided-grabcut-w30": {"radius_cells": 1.0, "eps": 1e-3, "grabcut": "grabcut-fine", "grabcut_weight": 0.3},
     "guided-grabcut-on-guided": {"radius_cells": 1.0, "eps": 1e-3, "grabcut": "grabcut-fine", "grabcut_weight": 0.25,
                                  "grabcut_on_guided": 1.0},
+    # The vote's GrabCut weight scaled by the reference: 0 when the positive mask's boundary in the
+    # reference is a weak colour edge (median contrast <= lo, CIELAB units), the full weight from hi
+    # on (e.g. a car door against the fender, same paint, vs. a shirt against trousers).
+    "guided-grabcut-adaptive": {"radius_cells": 1.0, "eps": 1e-3, "grabcut": "grabcut-fine", "grabcut_weight": 0.25,
+                                "contrast_lo": 10.0, "contrast_hi": 20.0},
+    "guided-grabcut-adaptive-5-15": {"radius_cells": 1.0, "eps": 1e-3, "grabcut": "grabcut-fine",
+                                     "grabcut_weight": 0.25, "contrast_lo": 5.0, "contrast_hi": 15.0},
+    "guided-grabcut-adaptive-15-25": {"radius_cells": 1.0, "eps": 1e-3, "grabcut": "grabcut-fine",
+                                      "grabcut_weight": 0.25, "contrast_lo": 15.0, "contrast_hi": 25.0},
 }
 """Named settings of :func:`guided_refine` (``RefCutPredictor(refine=...)``, ``MODEL+STEP`` in ``refcut eval``)."""
+
+CONTRAST_WORKING_SIDE = 512
+"""The reference is measured at this longer side (so the contrast does not depend on its resolution)."""
 
 SUPPORT_THRESHOLD = 0.02
 """Pixels with a lower probability and farther than the filter's reach from any higher one stay untouched."""
@@ -120,22 +132,63 @@ def guided_refine(
     return out
 
 
+def boundary_contrast(image: np.ndarray, mask: np.ndarray, band_fraction: float = 0.01) -> float | None:
+    """Median CIELAB colour difference across ``mask``'s boundary in ``image`` (HxWx3 uint8); None if it has none.
+
+    At every boundary pixel, the mean colour of the mask within ``band_fraction`` of the longer side
+    inside the boundary is compared with the mean colour just outside, over a window of twice that
+    size: high where the boundary is a colour edge, low where the mask meets something of its own colour.
+    """
+    if image.shape[:2] != mask.shape:
+        raise ValueError(f"image {image.shape[:2]} and mask {mask.shape} differ in size")
+    if not mask.any() or mask.all():
+        return None
+    scale = CONTRAST_WORKING_SIDE / max(mask.shape)
+    size = (max(1, round(mask.shape[1] * scale)), max(1, round(mask.shape[0] * scale)))
+    image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    inside = cv2.resize(mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+    band = max(2, round(band_fraction * CONTRAST_WORKING_SIDE))
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))
+    inner = (inside & (1 - cv2.erode(inside, disk))).astype(np.float32)
+    outer = (cv2.dilate(inside, disk) & (1 - inside)).astype(np.float32)
+    contour = (inside & (1 - cv2.erode(inside, np.ones((3, 3), np.uint8)))).astype(bool)
+    lab = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
+    window = (4 * band + 1, 4 * band + 1)
+
+    def local_mean(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        share = cv2.blur(weights, window)
+        return cv2.blur(lab * weights[..., None], window) / np.maximum(share, 1e-6)[..., None], share
+
+    mean_in, share_in = local_mean(inner)
+    mean_out, share_out = local_mean(outer)
+    measured = contour & (share_in > 0.02) & (share_out > 0.02)
+    if not measured.any():
+        return None
+    return float(np.median(np.linalg.norm(mean_in - mean_out, axis=-1)[measured]))
+
+
 def guided_step(
-    name: str, image: np.ndarray, prob: np.ndarray, coords_xy: np.ndarray, labels: np.ndarray, cell_px: float
+    name: str, image: np.ndarray, prob: np.ndarray, coords_xy: np.ndarray, labels: np.ndarray, cell_px: float,
+    reference_contrast: float | None = None,
 ) -> np.ndarray:
     """Apply the named :data:`GUIDED_STEPS` entry: the guided filter, then the vote with GrabCut when it has one.
 
     The vote is ``w * grabcut + (1 - w) * guided``: GrabCut (run on the network's ``prob``, or on the
     filtered one with ``grabcut_on_guided``) only decides where the filtered probability is within
     ``w`` of the threshold, so it sharpens unsure boundaries but cannot drop a piece the network is
-    sure of (nor add one it is sure is not there).
+    sure of (nor add one it is sure is not there). Steps with ``contrast_lo`` / ``contrast_hi`` scale
+    ``w`` linearly from 0 to full by ``reference_contrast`` (:func:`boundary_contrast` of the
+    reference's positive mask); without one (no reference) ``w`` stays full.
     """
     settings = dict(GUIDED_STEPS[name])
     grabcut = settings.pop("grabcut", None)
     weight = float(settings.pop("grabcut_weight", 0.0))
     on_guided = bool(settings.pop("grabcut_on_guided", 0.0))
+    low, high = settings.pop("contrast_lo", None), settings.pop("contrast_hi", None)
+    if low is not None and high is not None and reference_contrast is not None:
+        weight *= float(np.clip((reference_contrast - float(low)) / (float(high) - float(low)), 0.0, 1.0))
     guided = guided_refine(image, prob, cell_px, **settings)
-    if grabcut is None:
+    if grabcut is None or weight == 0.0:
         return guided
     cut = grabcut_refine(image, guided if on_guided else prob, coords_xy, labels, **GRABCUT_STEPS[str(grabcut)])
     return (weight * cut + (1.0 - weight) * guided).astype(np.float32)

@@ -22,7 +22,7 @@ from refcut.model.click_decoder import ViewEncoding
 from refcut.model.encode_once import EncodeOnceModel
 from refcut.predictor.base import PredictionResult
 from refcut.predictor.baselines import GRABCUT_STEPS, grabcut_refine
-from refcut.predictor.guided import GUIDED_STEPS, guided_step
+from refcut.predictor.guided import GUIDED_STEPS, boundary_contrast, guided_step
 from refcut.predictor.transforms import (
     OBJECT_CROP_MIN_SIZE,
     Box,
@@ -145,6 +145,7 @@ class RefCutPredictor:
         self._prompt: torch.Tensor | None = None
         self._positive_prototype: torch.Tensor | None = None
         self._negative_prototype: torch.Tensor | None = None
+        self._reference_contrast: float | None = None  # the reference boundary's colour contrast (adaptive steps)
         self._image: torch.Tensor | None = None
         self._image_features: torch.Tensor | None = None
         self._box: Box | None = None
@@ -237,6 +238,9 @@ class RefCutPredictor:
 
         self._positive_prototype = masked_average_pool(features, pos_t)[0] if positive is not None and positive.any() else None
         self._negative_prototype = masked_average_pool(features, neg_t)[0] if negative is not None and negative.any() else None
+        self._reference_contrast = None
+        if positive is not None and self.refine in GUIDED_STEPS and "contrast_lo" in GUIDED_STEPS[self.refine]:
+            self._reference_contrast = boundary_contrast(image[y0 : y1 + 1, x0 : x1 + 1], positive)
 
     def _reference_box(self, positive: np.ndarray | None, negative: np.ndarray | None, shape: tuple[int, int]) -> Box:
         """The part of the reference image that is encoded: the whole, or the crop ``reference_crop`` asks for."""
@@ -251,6 +255,7 @@ class RefCutPredictor:
         self._prompt = None
         self._positive_prototype = None
         self._negative_prototype = None
+        self._reference_contrast = None
 
     @property
     def has_reference(self) -> bool:
@@ -386,7 +391,7 @@ class RefCutPredictor:
             if self.refine in GUIDED_STEPS:
                 box = self._box or full_box(*prob.shape)
                 cell_px = max(box[1] - box[0] + 1, box[3] - box[2] + 1) / (self.input_size / LOGIT_STRIDE)
-                prob = guided_step(self.refine, self._image_np, prob, coords, labels, cell_px)
+                prob = guided_step(self.refine, self._image_np, prob, coords, labels, cell_px, self._reference_contrast)
             else:
                 prob = grabcut_refine(self._image_np, prob, coords, labels, **GRABCUT_STEPS[self.refine])
             self._last_refined = prob
