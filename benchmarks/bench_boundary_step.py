@@ -1,10 +1,11 @@
-"""Time of the predictors' GrabCut boundary steps (``GRABCUT_STEPS``) on their own, medians from one run.
+"""Time of the predictors' boundary steps (``GRABCUT_STEPS``, ``GUIDED_STEPS``) on their own, medians from one run.
 
 Inputs: the bundled demo photos (``refcut/assets/demo/images``, clothing, 550 px wide) with an
 elliptic "network probability" of three sizes (8 / 20 / 40 % of the shorter side) around the image
 centre and one positive click in it, so each step sees the same small, medium and large masks.
 Each (step, input) is timed ``--repeats`` times after one warm-up; the table gives the median
-and the ratio to ``grabcut-band`` in the same run.
+and the ratio to ``grabcut-band`` in the same run. The guided steps get the decoder cell of the
+whole image as the predictor's first click does (the longer side / 84 at 336 px).
 
     python benchmarks/bench_boundary_step.py [--steps grabcut-band grabcut-fine ...] [--threads 2]
 """
@@ -20,6 +21,7 @@ import cv2
 import numpy as np
 
 from refcut.predictor.baselines import GRABCUT_STEPS, grabcut_refine
+from refcut.predictor.guided import GUIDED_STEPS, guided_step
 
 DEMO_IMAGES = Path(__file__).resolve().parents[1] / "refcut" / "assets" / "demo" / "images"
 
@@ -40,8 +42,9 @@ def inputs() -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", nargs="+", choices=list(GRABCUT_STEPS),
-                        default=["grabcut-band", "grabcut-fine-it4", "grabcut-fine-it2", "grabcut-fine"])
+    parser.add_argument("--steps", nargs="+", choices=[*GRABCUT_STEPS, *GUIDED_STEPS],
+                        default=["grabcut-band", "grabcut-fine-it4", "grabcut-fine-it2", "grabcut-fine", "guided",
+                                 "guided-grabcut"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="cv2.setNumThreads")
     args = parser.parse_args()
@@ -49,12 +52,16 @@ def main() -> None:
     cases = inputs()
     medians = {}
     for step in args.steps:
+        if step in GUIDED_STEPS:
+            run = lambda image, *rest: guided_step(step, image, *rest, cell_px=max(image.shape[:2]) / 84)  # noqa: E731
+        else:
+            run = lambda *case: grabcut_refine(*case, **GRABCUT_STEPS[step])  # noqa: E731
         times = []
         for case in cases:
-            grabcut_refine(*case, **GRABCUT_STEPS[step])
+            run(*case)
             for _ in range(args.repeats):
                 start = time.perf_counter()
-                grabcut_refine(*case, **GRABCUT_STEPS[step])
+                run(*case)
                 times.append(time.perf_counter() - start)
         medians[step] = 1000 * statistics.median(times)
     base = medians.get("grabcut-band")

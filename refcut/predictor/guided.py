@@ -37,9 +37,9 @@ GUIDED_STEPS: dict[str, dict[str, float | str]] = {
     # reference is a weak colour edge (median contrast <= lo, CIELAB units), the full weight from hi
     # on (e.g. a car door against the fender, same paint, vs. a shirt against trousers).
     "guided-grabcut-adaptive": {"radius_cells": 1.0, "eps": 1e-3, "grabcut": "grabcut-fine", "grabcut_weight": 0.25,
-                                "contrast_lo": 10.0, "contrast_hi": 20.0},
-    "guided-grabcut-adaptive-5-15": {"radius_cells": 1.0, "eps": 1e-3, "grabcut": "grabcut-fine",
-                                     "grabcut_weight": 0.25, "contrast_lo": 5.0, "contrast_hi": 15.0},
+                                "contrast_lo": 5.0, "contrast_hi": 15.0},
+    "guided-grabcut-adaptive-10-20": {"radius_cells": 1.0, "eps": 1e-3, "grabcut": "grabcut-fine",
+                                      "grabcut_weight": 0.25, "contrast_lo": 10.0, "contrast_hi": 20.0},
     "guided-grabcut-adaptive-15-25": {"radius_cells": 1.0, "eps": 1e-3, "grabcut": "grabcut-fine",
                                       "grabcut_weight": 0.25, "contrast_lo": 15.0, "contrast_hi": 25.0},
 }
