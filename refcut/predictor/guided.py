@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from refcut.predictor.baselines import GRABCUT_STEPS, grabcut_refine
+from refcut.predictor.transforms import mask_box
 
 GUIDED_STEPS: dict[str, dict[str, float | str]] = {
     "guided": {"radius_cells": 1.0, "eps": 1e-3},
@@ -81,22 +82,21 @@ def guided_filter(guide: np.ndarray, source: np.ndarray, radius: int, eps: float
     pairs = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
     products = np.stack([small_guide[..., i] * small_guide[..., j] for i, j in pairs], axis=-1)
     second = _box(products, r)
-    var = {(i, j): second[..., k] - mean_i[..., i] * mean_i[..., j] for k, (i, j) in enumerate(pairs)}
-    for i in range(3):
-        var[i, i] = var[i, i] + eps
-    get = lambda i, j: var[min(i, j), max(i, j)]  # noqa: E731
-    # Adjugate of the symmetric 3x3 matrix.
+    var = {}
+    for k, (i, j) in enumerate(pairs):
+        var[i, j] = var[j, i] = second[..., k] - mean_i[..., i] * mean_i[..., j] + (eps if i == j else 0.0)
+    # Adjugate of the symmetric 3x3 matrix (both orders of every index pair, like ``var``).
     adj = {
-        (0, 0): get(1, 1) * get(2, 2) - get(1, 2) ** 2,
-        (0, 1): get(0, 2) * get(1, 2) - get(0, 1) * get(2, 2),
-        (0, 2): get(0, 1) * get(1, 2) - get(0, 2) * get(1, 1),
-        (1, 1): get(0, 0) * get(2, 2) - get(0, 2) ** 2,
-        (1, 2): get(0, 1) * get(0, 2) - get(0, 0) * get(1, 2),
-        (2, 2): get(0, 0) * get(1, 1) - get(0, 1) ** 2,
+        (0, 0): var[1, 1] * var[2, 2] - var[1, 2] ** 2,
+        (0, 1): var[0, 2] * var[1, 2] - var[0, 1] * var[2, 2],
+        (0, 2): var[0, 1] * var[1, 2] - var[0, 2] * var[1, 1],
+        (1, 1): var[0, 0] * var[2, 2] - var[0, 2] ** 2,
+        (1, 2): var[0, 1] * var[0, 2] - var[0, 0] * var[1, 2],
+        (2, 2): var[0, 0] * var[1, 1] - var[0, 1] ** 2,
     }
-    det = get(0, 0) * adj[0, 0] + get(0, 1) * adj[0, 1] + get(0, 2) * adj[0, 2]
-    inv = lambda i, j: adj[min(i, j), max(i, j)]  # noqa: E731
-    a = np.stack([sum(inv(i, j) * cov_ip[..., j] for j in range(3)) for i in range(3)], axis=-1) / det[..., None]
+    adj.update({(j, i): value for (i, j), value in list(adj.items())})
+    det = var[0, 0] * adj[0, 0] + var[0, 1] * adj[0, 1] + var[0, 2] * adj[0, 2]
+    a = np.stack([sum(adj[i, j] * cov_ip[..., j] for j in range(3)) for i in range(3)], axis=-1) / det[..., None]
     b = mean_p - np.einsum("hwc,hwc->hw", a, mean_i)
     mean_a, mean_b = _box(a.astype(np.float32), r), _box(b.astype(np.float32), r)
     if subsample > 1:
@@ -117,15 +117,15 @@ def guided_refine(
     if image.shape[:2] != prob.shape:
         raise ValueError(f"image {image.shape[:2]} and probability {prob.shape} differ in size")
     out = np.clip(prob, 0.0, 1.0).astype(np.float32)
-    support = out > SUPPORT_THRESHOLD
-    if not support.any():
+    support = mask_box(out > SUPPORT_THRESHOLD)
+    if support is None:
         return out
     radius = max(1, round(radius_cells * cell_px))
     subsample = max(1, radius // 4)
-    rows, cols = np.nonzero(support.any(axis=1))[0], np.nonzero(support.any(axis=0))[0]
     margin = 2 * radius + 2 * subsample
-    top, bottom = max(0, rows[0] - margin), min(prob.shape[0], rows[-1] + margin + 1)
-    left, right = max(0, cols[0] - margin), min(prob.shape[1], cols[-1] + margin + 1)
+    y0, y1, x0, x1 = support
+    top, bottom = max(0, y0 - margin), min(prob.shape[0], y1 + margin + 1)
+    left, right = max(0, x0 - margin), min(prob.shape[1], x1 + margin + 1)
     guide = image[top:bottom, left:right].astype(np.float32) / 255.0
     filtered = guided_filter(guide, out[top:bottom, left:right], radius, eps, subsample)
     out[top:bottom, left:right] = np.clip(filtered, 0.0, 1.0)
