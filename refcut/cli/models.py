@@ -16,8 +16,50 @@ def _format_bytes(size: int) -> str:
     return f"{size} B"  # pragma: no cover
 
 
+def _reference_trained(model) -> bool:
+    """Whether a model's reference prompt MLPs have non-zero output layers (zero-initialised until trained)."""
+    fc2 = [model.reference.positive_mlp.fc2, model.reference.negative_mlp.fc2]
+    return not fc2[0].weight.is_meta and any(bool(layer.weight.detach().any() or layer.bias.detach().any()) for layer in fc2)
+
+
+def _reference_line(trained: bool) -> str:
+    return "reference:    " + ("trained (non-zero prompt MLP output layers)" if trained
+                              else "untrained (zero prompt: behaves as a no-reference model)")
+
+
+def _describe_encode_once(model) -> list[str]:
+    """The lines of :func:`describe_model` for an encode-once model or an ensemble of them."""
+    from refcut.weights.native import stored_state
+
+    members = list(getattr(model, "members", [model]))
+    encoder = members[0].config.encoder
+    grid = encoder.image_size // encoder.patch_size
+    trained = sum(v.numel() for v in stored_state(model).values())
+    return [
+        f"model:        {model.config.name}" + ("" if model.config.name == model.family else f" ({model.family})"),
+        f"encoders:     frozen {encoder.name} (width {encoder.embed_dim}, depth {encoder.depth}, patch "
+        f"{encoder.patch_size}) + EfficientNet-Lite0 stages, weights {members[0].config.encoder_weights}",
+        f"input size:   {encoder.image_size}x{encoder.image_size} ({grid}x{grid} tokens)",
+        f"parameters:   {trained:,} stored (click decoder + reference prompt MLPs"
+        + (f" of {len(members)} members, probabilities averaged)" if len(members) > 1 else ")"),
+        _reference_line(all(_reference_trained(m) for m in members)),
+    ]
+
+
 def describe_model(model, files: dict[str, int] | None = None, metadata: dict | None = None) -> list[str]:
     """Lines describing a RefCut model: backbone, sizes, attention windows, parameters, reference branch."""
+    lines = _describe_encode_once(model) if hasattr(model, "encode_view") else _describe_early_fusion(model)
+    if metadata and isinstance(metadata.get("source"), dict):
+        source = metadata["source"]
+        lines.append(f"imported from: {source.get('kind')} {source.get('path')}")
+    if metadata and isinstance(metadata.get("predictor"), dict):
+        lines.append("predictor:    " + ", ".join(f"{k}={v}" for k, v in sorted(metadata["predictor"].items())))
+    for name, size in (files or {}).items():
+        lines.append(f"file:         {name} {_format_bytes(size)}")
+    return lines
+
+
+def _describe_early_fusion(model) -> list[str]:
     config = model.config
     grid = config.image_size // config.patch_size
     parts = {name: sum(p.numel() for p in module.parameters()) for name, module in model.named_children()}
@@ -27,11 +69,7 @@ def describe_model(model, files: dict[str, int] | None = None, metadata: dict | 
     else:
         globals_ = ", ".join(str(i + 1) for i in config.global_blocks)
         windows = f"{config.window_size}x{config.window_size}-token windows; global attention in blocks {globals_}"
-    fc2 = [model.reference.positive_mlp.fc2, model.reference.negative_mlp.fc2]
-    trained = not fc2[0].weight.is_meta and any(
-        bool(layer.weight.detach().any() or layer.bias.detach().any()) for layer in fc2
-    )
-    lines = [
+    return [
         f"model:        {config.name}",
         f"backbone:     ViT width {config.embed_dim}, depth {config.depth}, heads {config.num_heads}, "
         f"patch {config.patch_size}" + (", LayerScale" if config.layer_scale_init is not None else "")
@@ -40,15 +78,8 @@ def describe_model(model, files: dict[str, int] | None = None, metadata: dict | 
         f"{config.pos_embed_grid}x{config.pos_embed_grid})",
         f"attention:    {windows}",
         f"parameters:   {total:,} (" + ", ".join(f"{k} {v:,}" for k, v in parts.items()) + ")",
-        "reference:    " + ("trained (non-zero prompt MLP output layers)" if trained
-                            else "untrained (zero prompt: behaves as a no-reference model)"),
+        _reference_line(_reference_trained(model)),
     ]  # fmt: skip
-    if metadata and isinstance(metadata.get("source"), dict):
-        source = metadata["source"]
-        lines.append(f"imported from: {source.get('kind')} {source.get('path')}")
-    for name, size in (files or {}).items():
-        lines.append(f"file:         {name} {_format_bytes(size)}")
-    return lines
 
 
 def register(app: typer.Typer) -> None:
@@ -85,6 +116,9 @@ def register(app: typer.Typer) -> None:
     def pack_model_command(
         source: Path = typer.Argument(..., help="A native model folder, e.g. RUN/final of refcut train."),
         out_dir: Path = typer.Argument(..., help="Folder to write config.json + model.safetensors into."),
+        ensemble: list[Path] = typer.Option(
+            None, "--ensemble", help="Another encode-once model to average with SOURCE (repeatable): the folder holds "
+            "an ensemble sharing one frozen encoder pass per view, every member's decoder per click."),
         fp16: bool = typer.Option(True, "--fp16/--fp32", help="Store the weights in float16 (default) or float32."),
         refine: str = typer.Option(None, help="Predictor default boundary step stored in config.json "
                                    "(e.g. grabcut-band, grabcut-fine); default: keep the source's."),
@@ -94,6 +128,7 @@ def register(app: typer.Typer) -> None:
         """Write a trained model as a shippable folder (e.g. the package's default model), with predictor defaults."""
         import torch
 
+        from refcut.model.ensemble import EncodeOnceEnsemble
         from refcut.predictor.predictor import REFINEMENTS
         from refcut.weights.native import load_pretrained, save_pretrained
 
@@ -103,10 +138,14 @@ def register(app: typer.Typer) -> None:
             if (out_dir / "model.safetensors").exists() and not overwrite:
                 raise ValueError(f"{out_dir} already holds a model; pass --overwrite to replace it")
             model, metadata = load_pretrained(source)
+            if ensemble:
+                model = EncodeOnceEnsemble.from_members([model] + [load_pretrained(path)[0] for path in ensemble])
         except (FileNotFoundError, ValueError) as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(code=1) from error
         metadata = {k: v for k, v in metadata.items() if k not in ("format_version", "refcut_version")}
+        if ensemble:
+            metadata["ensemble_sources"] = [str(path) for path in [source, *ensemble]]
         if refine is not None:
             metadata["predictor"] = {**metadata.get("predictor", {}), "refine": refine}
         if run is not None:

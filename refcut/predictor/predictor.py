@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from refcut.model import RefCutModel
 from refcut.model.click_decoder import ViewEncoding
 from refcut.model.encode_once import EncodeOnceModel
+from refcut.model.ensemble import EncodeOnceEnsemble
 from refcut.predictor.base import PredictionResult
 from refcut.predictor.baselines import GRABCUT_STEPS, grabcut_refine
 from refcut.predictor.guided import GUIDED_STEPS, boundary_contrast, guided_step
@@ -92,7 +93,8 @@ class RefCutPredictor:
     ``image_cache_size`` images, so going back to one is free; :meth:`preload` encodes one ahead),
     a zoom-in crop is encoded once when the box changes and reused while it does not, and
     ``predict`` runs only the decoder. ``flip`` defaults to off for this family (it would need a
-    second encoder pass per view).
+    second encoder pass per view). An :class:`~refcut.model.ensemble.EncodeOnceEnsemble` is driven
+    the same way: one encoder pass per view, every member's decoder per click, probabilities averaged.
 
     ``refine="grabcut"`` (or another of ``GRABCUT_STEPS``) adds a boundary step: GrabCut initialised
     from the network's probability with the clicks as hard seeds
@@ -109,7 +111,7 @@ class RefCutPredictor:
 
     def __init__(
         self,
-        model: RefCutModel | EncodeOnceModel,
+        model: RefCutModel | EncodeOnceModel | EncodeOnceEnsemble,
         device: str | torch.device = "cpu",
         zoom_in: bool | ZoomInSettings | dict = True,
         flip: bool | None = None,
@@ -134,7 +136,7 @@ class RefCutPredictor:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.zoom_in = as_zoom_in_settings(zoom_in)
-        self.encode_once = isinstance(model, EncodeOnceModel)
+        self.encode_once = isinstance(model, (EncodeOnceModel, EncodeOnceEnsemble))
         self.flip = (not self.encode_once) if flip is None else flip
         self.threshold = threshold
         self.precision = precision
@@ -424,7 +426,8 @@ class RefCutPredictor:
             return None
         if self._image_features is None and self.encode_once:
             assert self._image_key is not None
-            self._image_features = self._view(self._image_key, self._image, full_box(height, width)).unit_features
+            view = self._view(self._image_key, self._image, full_box(height, width))
+            self._image_features = (view if isinstance(view, ViewEncoding) else view[0]).unit_features  # ensemble: member 0
         elif self._image_features is None:
             with self._autocast():
                 self._image_features = self.model.encode_reference(self._resize_input(self._image)).float()

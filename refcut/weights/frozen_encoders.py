@@ -85,6 +85,9 @@ def edge_encoder_state() -> dict[str, torch.Tensor]:
 
 
 def load_frozen_encoders(model) -> None:
-    """Load both packaged encoders into an :class:`~refcut.model.encode_once.EncodeOnceModel` (strict)."""
+    """Load both packaged encoders into an :class:`~refcut.model.encode_once.EncodeOnceModel` (strict).
+
+    An :class:`~refcut.model.ensemble.EncodeOnceEnsemble` takes them too: its members share one copy.
+    """
     model.encoder.load_state_dict(vit_encoder_state(), strict=True)
     model.edge_encoder.load_state_dict(edge_encoder_state(), strict=True)

@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from refcut.model import ModelConfig, RefCutModel, build_model
 from refcut.model.encode_once import FAMILY as ENCODE_ONCE, EncodeOnceConfig, EncodeOnceModel
+from refcut.model.ensemble import ENSEMBLE_FAMILY, EncodeOnceEnsemble, EnsembleConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -46,29 +47,31 @@ def resolve_weights(path: str | Path) -> tuple[Path, Path]:
 
 
 EARLY_FUSION = "early_fusion"
-AnyModel = RefCutModel | EncodeOnceModel
+AnyModel = RefCutModel | EncodeOnceModel | EncodeOnceEnsemble
 
 
-def read_config(config_path: Path) -> tuple[ModelConfig | EncodeOnceConfig, dict]:
+def read_config(config_path: Path) -> tuple[ModelConfig | EncodeOnceConfig | EnsembleConfig, dict]:
     """Parse ``config.json`` -> ``(model config, metadata)``; ``family`` picks the config class."""
     try:
         data = json.loads(Path(config_path).read_text())
         family = data.get("family", EARLY_FUSION)
         if family == ENCODE_ONCE:
             model = EncodeOnceConfig.from_dict(data["model"])
+        elif family == ENSEMBLE_FAMILY:
+            model = EnsembleConfig.from_dict(data["model"])
         elif family == EARLY_FUSION:
             model = ModelConfig.from_dict(data["model"])
         else:
-            raise ValueError(f"unknown model family {family!r} (known: {EARLY_FUSION}, {ENCODE_ONCE})")
+            raise ValueError(f"unknown model family {family!r} (known: {EARLY_FUSION}, {ENCODE_ONCE}, {ENSEMBLE_FAMILY})")
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{config_path} is not a RefCut model config: {error}") from error
     return model, {k: v for k, v in data.items() if k not in ("model", "family")}
 
 
-def build_any_model(config: ModelConfig | EncodeOnceConfig) -> AnyModel:
-    """A freshly initialised network of either family (encode-once: packaged encoders loaded)."""
-    if isinstance(config, EncodeOnceConfig):
-        model = EncodeOnceModel(config)
+def build_any_model(config: ModelConfig | EncodeOnceConfig | EnsembleConfig) -> AnyModel:
+    """A freshly initialised network of any family (encode-once and ensembles: packaged encoders loaded)."""
+    if isinstance(config, (EncodeOnceConfig, EnsembleConfig)):
+        model = EncodeOnceModel(config) if isinstance(config, EncodeOnceConfig) else EncodeOnceEnsemble(config)
         if config.encoder_weights == "packaged":
             from refcut.weights.frozen_encoders import load_frozen_encoders
 
@@ -79,7 +82,7 @@ def build_any_model(config: ModelConfig | EncodeOnceConfig) -> AnyModel:
 
 def stored_state(model: AnyModel) -> dict[str, torch.Tensor]:
     """The tensors a checkpoint stores (the encode-once family leaves out its packaged frozen encoders)."""
-    return model.stored_state_dict() if isinstance(model, EncodeOnceModel) else model.state_dict()
+    return model.state_dict() if isinstance(model, RefCutModel) else model.stored_state_dict()
 
 
 def load_stored_state(model: AnyModel, state: dict[str, torch.Tensor], source: str | Path) -> None:
@@ -117,7 +120,7 @@ def save_pretrained(
     tmp = directory / (WEIGHTS_NAME + ".tmp")
     save_file(state, str(tmp), metadata={"format": "refcut", "format_version": str(FORMAT_VERSION)})
     tmp.replace(directory / WEIGHTS_NAME)
-    family = ENCODE_ONCE if isinstance(model, EncodeOnceModel) else EARLY_FUSION
+    family = EARLY_FUSION if isinstance(model, RefCutModel) else model.family
     config = {"format_version": FORMAT_VERSION, "refcut_version": __version__, "family": family,
               "model": model.config.to_dict()}
     config.update(metadata or {})
