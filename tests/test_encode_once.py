@@ -445,3 +445,28 @@ def test_hard_negative_samples_train_and_change_the_run(tmp_path):
     assert added >= 4  # none only where the rows are full or every token cell touches the target
     with pytest.raises(ValueError, match="hard_negative_prob"):
         TrainConfig().with_overrides({"data.hard_negative_prob": 2.0})
+
+
+def test_reference_only_samples_have_no_click_and_train(tmp_path):
+    data = write_parts_folder(tmp_path / "data", count=10)
+    cache = tmp_path / "cache"
+    from refcut.training.trainer import build_cached_dataset
+
+    only = build_cached_dataset(tiny_encode_once_config(data, cache, **{"data.reference_only_prob": 1.0}), tiny_model(),
+                                progress=False)
+    plain = build_cached_dataset(tiny_encode_once_config(data, cache), tiny_model(), progress=False)
+    seen = 0
+    for index in range(8):
+        item, plain_item = only[index], plain[index]
+        if item["has_reference"] and bool(item["positive_mask"].any()):
+            assert (item["points"] == -1).all() and item["first_click"]  # no click, no simulated clicks
+            seen += 1
+        else:  # nothing to find the target from: the sample keeps its clicks
+            assert torch.equal(item["points"], plain_item["points"])
+        assert bool((plain_item["points"][:, 2] == 1).any())
+    assert seen >= 4
+    run = train(tiny_encode_once_config(data, cache, steps=2, **{"data.reference_only_prob": 0.5}), tmp_path / "r",
+                progress=False)
+    assert (run / "model.safetensors").exists()
+    with pytest.raises(ValueError, match="reference_only_prob"):
+        TrainConfig().with_overrides({"data.reference_only_prob": -0.1})

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from refcut.training.config import TrainConfig
-from refcut.training.points import add_negative_click, hard_negative_click, training_points
+from refcut.training.points import PAD_ROW, add_negative_click, hard_negative_click, training_points
 from refcut.training.view_cache import CachedObject
 
 MIN_CROP_COVERAGE = 0.8
@@ -97,6 +97,9 @@ class CachedViewPairDataset(Dataset):
         else:
             ref_tokens = torch.zeros_like(target.features.tokens[0])
             ref_pixels = np.zeros_like(target.pixels[0])
+        if data.reference_only_prob > 0 and positive.any() and rng.random() < data.reference_only_prob:
+            points[:] = PAD_ROW  # no click: the reference alone (no simulated clicks either)
+            first_click = True
         as_chw = lambda pixels: torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float() / 255.0  # noqa: E731
         return {
             "index": int(index),

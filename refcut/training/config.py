@@ -47,6 +47,10 @@ class DataConfig:
     feature is closest to the target's mean feature (:func:`refcut.training.points.hard_negative_click`):
     a negative click whose click-affinity map also lights up the target, which the network must
     not cut away.
+    ``reference_only_prob`` (encode-once family, cached views) is the share of the samples with a
+    non-empty positive reference mask that get no click at all (and no simulated clicks): the
+    network must find the target from the reference alone, which trains the reference pathway on
+    the regions no click covers (e.g. the far pieces of a ``hair + skin`` target).
     """
 
     datasets: list[str] = field(default_factory=list)
@@ -73,6 +77,7 @@ class DataConfig:
     first_click_prob: float = 0.0
     click_sequence_prob: float = 0.0
     hard_negative_prob: float = 0.0
+    reference_only_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if self.base_resize not in BASE_RESIZES:
@@ -81,7 +86,7 @@ class DataConfig:
             raise ValueError(f"data.scale_range must be [low, high] with 0 < low <= high, got {self.scale_range}")
         for name in ("only_one_mask_prob", "no_reference_prob", "positive_erode_prob", "negative_border_prob",
                      "flip_prob", "color_jitter_prob", "full_view_prob", "reference_full_prob", "first_click_prob",
-                     "click_sequence_prob", "hard_negative_prob"):
+                     "click_sequence_prob", "hard_negative_prob", "reference_only_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"data.{name} must be a probability, got {getattr(self, name)}")
         if self.max_initial_points < 1:
