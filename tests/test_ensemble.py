@@ -154,3 +154,13 @@ def test_cli_pack_model_ensemble_and_info(tmp_path):
     bad = runner.invoke(app, ["pack-model", str(tmp_path / "run0"), str(tmp_path / "x"), "--ensemble", str(tmp_path / "other")])
     assert bad.exit_code == 1 and "other frozen encoder weights" in bad.output
     assert not (tmp_path / "x").exists()
+
+
+def test_training_cannot_start_from_an_ensemble(tmp_path):
+    from refcut.training.config import TrainConfig
+    from refcut.training.trainer import build_initial_model
+
+    save_pretrained(EncodeOnceEnsemble.from_members(members(2)), tmp_path / "ens")
+    config = TrainConfig().with_overrides({"model.preset": TINY, "model.init": str(tmp_path / "ens")})
+    with pytest.raises(ValueError, match="is an ensemble"):
+        build_initial_model(config)
