@@ -174,6 +174,10 @@ class EncodeOnceModel(nn.Module):
         """The decoder's click-independent part for a view (see :meth:`ClickDecoder.encode_view`)."""
         return self.decoder.encode_view(features, self.config.image_size)
 
+    def view_unit_features(self, view: ViewEncoding) -> torch.Tensor:
+        """The view's ``B x D x g x g`` unit encoder features (for reference matching outside the decoder)."""
+        return view.unit_features
+
     def decode(
         self,
         view: ViewEncoding,

@@ -146,6 +146,10 @@ class EncodeOnceEnsemble(nn.Module):
         """Each member's click-independent view encoding."""
         return tuple(member.encode_view(features) for member in self.members)
 
+    def view_unit_features(self, view: tuple[ViewEncoding, ...]) -> torch.Tensor:
+        """The view's unit encoder features (the shared encoders': member 0's copy)."""
+        return view[0].unit_features
+
     def decode(
         self,
         view: tuple[ViewEncoding, ...],

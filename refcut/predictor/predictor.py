@@ -427,7 +427,7 @@ class RefCutPredictor:
         if self._image_features is None and self.encode_once:
             assert self._image_key is not None
             view = self._view(self._image_key, self._image, full_box(height, width))
-            self._image_features = (view if isinstance(view, ViewEncoding) else view[0]).unit_features  # ensemble: member 0
+            self._image_features = self.model.view_unit_features(view)
         elif self._image_features is None:
             with self._autocast():
                 self._image_features = self.model.encode_reference(self._resize_input(self._image)).float()

@@ -42,7 +42,7 @@ from refcut.clicker import sample_training_click
 from refcut.model import ModelConfig, RefCutModel, build_model
 from refcut.model.click_decoder import ViewFeatures
 from refcut.model.encode_once import ENCODE_ONCE_PRESETS, EncodeOnceConfig, EncodeOnceModel
-from refcut.model.ensemble import ENSEMBLE_FAMILY
+from refcut.model.ensemble import EncodeOnceEnsemble
 from refcut.provenance import git_revision
 from refcut.training.augment import augment_reference, augment_target
 from refcut.training.config import TrainConfig
@@ -248,7 +248,7 @@ def build_initial_model(config: TrainConfig) -> RefCutModel | EncodeOnceModel:
         model, _ = import_simpleclick(path, image_size=setup.image_size)
         return model
     loaded, _ = load_pretrained(path)
-    if getattr(loaded, "family", None) == ENSEMBLE_FAMILY:
+    if isinstance(loaded, EncodeOnceEnsemble):
         raise ValueError(f"model.init: {path} is an ensemble; start from one of its members (its ensemble_sources)")
     if preset is not None and is_encode_once(loaded):  # the preset's architecture, the checkpoint's weights
         model = build_any_model(preset)
