@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from refcut import RefCutPredictor
@@ -470,3 +471,126 @@ def test_reference_only_samples_have_no_click_and_train(tmp_path):
     assert (run / "model.safetensors").exists()
     with pytest.raises(ValueError, match="reference_only_prob"):
         TrainConfig().with_overrides({"data.reference_only_prob": -0.1})
+
+
+def metric_model(seed: int = 0) -> EncodeOnceModel:
+    torch.manual_seed(seed)
+    base = EncodeOnceConfig.from_preset(TINY)
+    return EncodeOnceModel(replace(base, decoder=replace(base.decoder, reference_metric=True,
+                                                         reference_metric_dim=8))).eval()
+
+
+def test_reference_metric_starts_as_the_checkpoint_and_its_maps_are_learned_space_cosines():
+    old = tiny_model()
+    new = metric_model(seed=1)
+    warm_start(new, old.state_dict(), "old")  # new input channels of the token maps start at zero
+    size = new.config.image_size
+    torch.manual_seed(2)
+    features = old.encode(torch.rand(1, 3, size, size))
+    reference_features = old.encode(torch.rand(1, 3, size, size)).tokens
+    positive = torch.zeros(1, 1, size, size)
+    positive[..., 10:30, 10:40] = 1
+    points = torch.tensor([[[20.0, 30.0, 1.0]]])
+    prev = torch.zeros(1, 1, size, size)
+    for masks in (None, (positive, None), (positive, 1 - positive)):
+        run = lambda model: model(features, prev, points, None if masks is None else  # noqa: E731
+                                  model.reference_prompt(reference_features, *masks))
+        assert torch.allclose(run(new), run(old), atol=1e-6)
+    metric = new.decoder.reference_metric
+    reference = new.reference_prompt(reference_features, positive, None)
+    view = new.encode_view(features)
+    maps = metric.maps(view.unit_features, reference)
+    tokens = F.normalize(metric.embed(view.unit_features.flatten(2).transpose(1, 2)), dim=-1)[0]  # N x E
+    chosen = reference.exemplars[0, 0][reference.exemplar_valid[0, 0]]
+    expected = (tokens @ F.normalize(metric.embed(chosen), dim=-1).T).amax(dim=1)
+    assert torch.allclose(maps[0, 0].flatten(), expected, atol=1e-5)
+    assert torch.equal(maps[:, 1], torch.zeros_like(maps[:, 1]))  # no negative mask
+    # Without a negative the logit compares with the learned constant.
+    logits = metric.logits(maps, reference)
+    assert torch.allclose(logits, metric.scale * (maps[:, :1] - metric.no_negative) + metric.bias)
+    assert torch.equal(metric.decoder_map(maps, reference), logits)  # the decoder's input where there are exemplars
+    empty = new.reference_prompt(reference_features, torch.zeros_like(positive), None)
+    assert torch.equal(metric.decoder_map(maps, empty), torch.zeros_like(logits))
+    # The map reaches the decoder once its input weights are non-zero.
+    torch.nn.init.normal_(new.decoder.token_maps[0].weight, std=0.5)
+    with_maps = new.decode(view, prev, points, reference)
+    assert not torch.allclose(with_maps, new.decode(view, prev, points, reference, metric_maps=torch.zeros_like(maps)))
+    with pytest.raises(ValueError, match="reference_nearest"):
+        replace(new.config.decoder, reference_nearest=False)
+
+
+def test_box_region_weight_marks_the_grown_box():
+    from refcut.training.trainer import box_region_weight
+
+    coverage = torch.zeros(2, 1, 12, 12)
+    coverage[0, 0, 4:6, 5:8] = 1  # rows 4-5, columns 5-7: within a box size of the centre: rows 3-6, columns 3-9
+    weight = box_region_weight(coverage, outside=0.3)
+    inside = torch.zeros(12, 12, dtype=torch.bool)
+    inside[3:7, 3:10] = True
+    assert torch.equal(weight[0, 0] == 1.0, inside)
+    assert torch.allclose(weight[0, 0][~inside], torch.tensor(0.3))
+    assert torch.allclose(weight[1], torch.tensor(0.3))  # an empty target: no box
+
+
+def test_metric_loss_trains_the_reference_metric(tmp_path, monkeypatch):
+    from refcut.model.encode_once import ENCODE_ONCE_PRESETS
+
+    monkeypatch.setitem(ENCODE_ONCE_PRESETS, "tiny_metric", metric_model().config)
+    data = write_parts_folder(tmp_path / "data", count=10)
+    cache = tmp_path / "cache"
+    init = save_pretrained(tiny_model(), tmp_path / "init")  # warm start: the metric is new
+    runs = {}
+    for weight in (0.0, 1.0):
+        run = train(tiny_encode_once_config(data, cache, steps=2, **{"model.preset": "tiny_metric",
+                                                                    "model.init": str(init),
+                                                                    "metric_loss_weight": weight}),
+                    tmp_path / f"w{weight}", progress=False)
+        runs[weight] = load_pretrained(run)[0].state_dict()
+    start = tiny_model().state_dict()
+    for state in runs.values():
+        assert all(torch.equal(state[k], start[k]) for k in start if k.startswith(("encoder.", "edge_encoder.")))
+    assert any(not torch.equal(runs[0.0][k], runs[1.0][k]) for k in runs[0.0] if k.startswith("decoder.reference_metric."))
+    with pytest.raises(ValueError, match="metric_loss_weight"):
+        TrainConfig().with_overrides({"metric_loss_weight": -1.0})
+
+
+def test_reference_ridge_is_the_least_squares_probe_of_the_reference_and_starts_as_the_checkpoint():
+    from refcut.model.click_decoder import RIDGE_GAIN, fit_reference_ridge, ridge_map
+
+    torch.manual_seed(0)
+    unit = F.normalize(torch.randn(2, 6, 4, 4), dim=1)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[0, :, :4, :4] = 1  # sample 0: the top-left 2 x 2 tokens; sample 1: empty
+    weights = fit_reference_ridge(unit, mask, lam=0.5)
+    x = torch.cat([unit[0].flatten(1).T, torch.ones(16, 1)], dim=1)
+    y = F.interpolate(mask[:1], size=(4, 4), mode="area").flatten()
+    expected = torch.linalg.solve(x.T @ x + 0.5 * torch.eye(7), x.T @ y)
+    assert torch.allclose(weights[0], expected, atol=1e-5)
+    assert torch.equal(weights[1], torch.zeros(7))
+    # A far larger lambda shrinks the fit toward zero.
+    assert fit_reference_ridge(unit, mask, lam=1e6)[0].abs().max() < 1e-3
+    # The map on a view, through a model: 0 where the reference has no positive mask.
+    base = EncodeOnceConfig.from_preset(TINY)
+    torch.manual_seed(1)
+    new = EncodeOnceModel(replace(base, decoder=replace(base.decoder, reference_ridge=True))).eval()
+    old = tiny_model()
+    warm_start(new, old.state_dict(), "old")
+    size = new.config.image_size
+    features = old.encode(torch.rand(1, 3, size, size))
+    reference_features = old.encode(torch.rand(1, 3, size, size)).tokens
+    positive = torch.zeros(1, 1, size, size)
+    positive[..., 10:30, 10:40] = 1
+    reference = new.reference_prompt(reference_features, positive, None)
+    view = new.encode_view(features)
+    maps = new.decoder.reference_maps(view.unit_features, reference)
+    assert maps.shape[1] == 5
+    score = torch.einsum("dhw,d->hw", view.unit_features[0], reference.ridge[0, :-1]) + reference.ridge[0, -1]
+    assert torch.allclose(maps[0, 4], RIDGE_GAIN * (score.clamp(-0.5, 1.5) - 0.5), atol=1e-5)
+    empty = new.reference_prompt(reference_features, torch.zeros_like(positive), None)
+    assert torch.equal(ridge_map(view.unit_features, empty), torch.zeros(1, 1, *maps.shape[-2:]))
+    points = torch.tensor([[[20.0, 30.0, 1.0]]])
+    prev = torch.zeros(1, 1, size, size)
+    assert torch.allclose(new(features, prev, points, reference), old(features, prev, points,
+                          old.reference_prompt(reference_features, positive, None)), atol=1e-6)
+    with pytest.raises(ValueError, match="reference_nearest"):
+        replace(new.config.decoder, reference_nearest=False)

@@ -50,6 +50,17 @@ class DecoderConfig(DictConfig):
     those exemplars and a learned "no match" slot with a learned metric
     (:class:`ReferenceAttention`, ``reference_attention_heads`` heads); its output is added to the
     tokens. Zero-initialised, so a decoder warm-started without it computes what it did.
+    ``reference_metric`` (needs the exemplars too) adds one more map: per token, the log-odds that
+    it is wanted, from its best cosines to the positive / negative exemplars in a learned
+    embedding of the frozen features (:class:`ReferenceMetric`, ``reference_metric_dim`` wide),
+    trained directly by the trainer's ``metric_loss_weight`` term as well as through the decoder;
+    its input weights start at zero (log-odds, not cosines: a map of ~10x the cosines' range
+    moves further per optimiser step).
+    ``reference_ridge`` (needs the exemplars' masks too) adds one parameter-free map: a ridge
+    regression (``reference_ridge_lambda``) fitted per reference from its own tokens (unit features
+    plus a constant) to their coverage by the positive mask, applied to the view's tokens
+    (:func:`fit_reference_ridge`, :func:`ridge_map`): a one-shot linear probe that uses the
+    reference's other tokens as negatives, where the exemplar maps only look for the nearest match.
     """
 
     config_kind = "decoder config"
@@ -69,8 +80,18 @@ class DecoderConfig(DictConfig):
     reference_exemplars: int = 64
     reference_attention: bool = False
     reference_attention_heads: int = 4
+    reference_metric: bool = False
+    reference_metric_dim: int = 128
+    reference_ridge: bool = False
+    reference_ridge_lambda: float = 10.0
 
     def __post_init__(self) -> None:
+        if self.reference_ridge and not self.reference_nearest:
+            raise ValueError("decoder reference_ridge needs reference_nearest (it reads the positive exemplars' mask)")
+        if self.reference_ridge_lambda <= 0:
+            raise ValueError(f"decoder reference_ridge_lambda must be positive, got {self.reference_ridge_lambda}")
+        if self.reference_metric and not self.reference_nearest:
+            raise ValueError("decoder reference_metric needs reference_nearest (it compares with the exemplars)")
         if self.reference_attention and not self.reference_nearest:
             raise ValueError("decoder reference_attention needs reference_nearest (it attends to the exemplars)")
         if self.reference_attention and self.width % self.reference_attention_heads:
@@ -121,6 +142,9 @@ class ReferenceEncoding(NamedTuple):
     """``B x 2 x K x D`` unit features of up to K reference tokens under the positive / negative mask."""
     exemplar_valid: torch.Tensor | None = None
     """``B x 2 x K`` bool: which exemplar rows hold a token (none for an absent or empty mask)."""
+    ridge: torch.Tensor | None = None
+    """``B x (D + 1)`` the reference's ridge regression weights (:func:`fit_reference_ridge`; zeros without
+    a positive mask)."""
 
     def detach(self) -> "ReferenceEncoding":
         """A copy cut from the autograd graph."""
@@ -255,6 +279,41 @@ def nearest_exemplar_affinity(unit_features: torch.Tensor, reference: ReferenceE
     return best.view(b, 2, gh, gw)
 
 
+RIDGE_GAIN = 8.0
+"""The ridge map is ``RIDGE_GAIN * (score - 1/2)``: about the range of a log-odds, so that its (zero-initialised)
+input weights reach a useful size in a fine-tune."""
+
+
+def fit_reference_ridge(unit_features: torch.Tensor, mask: torch.Tensor | None, lam: float) -> torch.Tensor:
+    """``B x (D + 1)``: per sample, ridge weights from ``[token, 1]`` to the token's coverage by ``mask``.
+
+    ``unit_features`` ``B x D x g x g``, ``mask`` ``B x 1 x H x W`` (area-resized to the grid).
+    Solved in float32 in closed form, ``(X^T X + lam I)^-1 X^T y``, by Cholesky (the system is
+    positive definite; batched ``torch.linalg.solve`` fails inside oneMKL on CPU at this size); a
+    sample with an empty (or absent) mask gets zeros.
+    """
+    b, d, gh, gw = unit_features.shape
+    if mask is None:
+        return unit_features.new_zeros(b, d + 1, dtype=torch.float32)
+    with torch.autocast(unit_features.device.type, enabled=False):  # a solve wants float32 throughout
+        tokens = unit_features.float().flatten(2).transpose(1, 2)  # B x N x D
+        x = torch.cat([tokens, tokens.new_ones(b, gh * gw, 1)], dim=2)
+        y = F.interpolate(mask.float(), size=(gh, gw), mode="area").flatten(1)  # B x N
+        gram = x.transpose(1, 2) @ x + lam * torch.eye(d + 1, dtype=x.dtype, device=x.device)
+        weights = torch.cholesky_solve(x.transpose(1, 2) @ y[..., None], torch.linalg.cholesky(gram))[..., 0]
+        return torch.where(y.amax(dim=1, keepdim=True) > 0, weights, torch.zeros_like(weights))
+
+
+def ridge_map(unit_features: torch.Tensor, reference: ReferenceEncoding) -> torch.Tensor:
+    """``B x 1 x g x g``: ``RIDGE_GAIN * (score - 1/2)`` of the reference's ridge on the view's tokens, 0
+    where the reference has no positive exemplar."""
+    weights = reference.ridge.to(unit_features.dtype)
+    score = torch.einsum("bdhw,bd->bhw", unit_features, weights[:, :-1]) + weights[:, -1, None, None]
+    has_positive = reference.exemplar_valid[:, 0].any(dim=1).view(-1, 1, 1)
+    mapped = RIDGE_GAIN * (score.clamp(-0.5, 1.5) - 0.5)
+    return torch.where(has_positive, mapped, torch.zeros_like(mapped))[:, None]
+
+
 class ReferenceAttention(nn.Module):
     """Every view token attends to the reference's exemplar tokens and one learned "no match" slot.
 
@@ -305,12 +364,58 @@ class ReferenceAttention(nn.Module):
         return mixed.transpose(1, 2).reshape(b, width, gh, gw)
 
 
+class ReferenceMetric(nn.Module):
+    """A learned embedding of the frozen features in which the reference's parts are told apart.
+
+    :meth:`maps` gives per view token the best cosine to the positive / negative exemplars after
+    a 2-layer MLP and L2 normalisation (zeros where a polarity has no exemplar); :meth:`logits`
+    turns those maps into a per-token "wanted" logit for the direct (auxiliary) loss.
+    """
+
+    def __init__(self, feature_dim: int, dim: int) -> None:
+        super().__init__()
+        self.embed = nn.Sequential(nn.Linear(feature_dim, feature_dim), nn.GELU(), nn.Linear(feature_dim, dim))
+        self.scale = nn.Parameter(torch.tensor(10.0))
+        self.bias = nn.Parameter(torch.zeros(()))
+        self.no_negative = nn.Parameter(torch.zeros(()))
+
+    def _unit(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.embed(features), dim=-1)
+
+    def maps(self, unit_features: torch.Tensor, reference: ReferenceEncoding | None) -> torch.Tensor:
+        """``B x 2 x g x g`` best learned-space cosine to the positive / negative exemplars."""
+        b, _, gh, gw = unit_features.shape
+        if reference is None or reference.exemplars is None:
+            return unit_features.new_zeros(b, 2, gh, gw)
+        tokens = self._unit(unit_features.flatten(2).transpose(1, 2))  # B x N x E
+        exemplars = self._unit(reference.exemplars.to(tokens.dtype))  # B x 2 x K x E
+        cosine = torch.einsum("bpke,bne->bpkn", exemplars, tokens)
+        valid = reference.exemplar_valid[..., None]
+        best = torch.where(valid, cosine, torch.full_like(cosine, -2.0)).amax(dim=2)
+        best = torch.where(valid.any(dim=2), best, torch.zeros_like(best))
+        return best.view(b, 2, gh, gw)
+
+    def logits(self, maps: torch.Tensor, reference: ReferenceEncoding) -> torch.Tensor:
+        """``B x 1 x g x g``: ``scale * (positive - negative) + bias`` (a learned constant for a missing negative)."""
+        has_negative = reference.exemplar_valid[:, 1].any(dim=1).view(-1, 1, 1, 1)
+        negative = torch.where(has_negative, maps[:, 1:], self.no_negative.to(maps.dtype))
+        return self.scale * (maps[:, :1] - negative) + self.bias
+
+    def decoder_map(self, maps: torch.Tensor, reference: ReferenceEncoding | None) -> torch.Tensor:
+        """``B x 1 x g x g``: the decoder's input, :meth:`logits` where there are positive exemplars, else 0."""
+        if reference is None or reference.exemplars is None:
+            return maps.new_zeros(maps.shape[0], 1, *maps.shape[-2:])
+        has_positive = reference.exemplar_valid[:, 0].any(dim=1).view(-1, 1, 1, 1)
+        return torch.where(has_positive, self.logits(maps, reference), torch.zeros_like(maps[:, :1]))
+
+
 class ClickDecoder(nn.Module):
     """Clicks + previous mask + reference + cached view -> logits ``B x 1 x S x S`` (see the module doc)."""
 
     NUM_TOKEN_MAPS = 7
     """prev, click affinity +/-, reference affinity +/-, positive / negative disk coverage
-    (+ nearest-exemplar affinity +/- with ``reference_nearest``)."""
+    (+ nearest-exemplar affinity +/- with ``reference_nearest``, + the learned metric's log-odds with
+    ``reference_metric``)."""
 
     def __init__(self, feature_dim: int, config: DecoderConfig) -> None:
         super().__init__()
@@ -319,11 +424,14 @@ class ClickDecoder(nn.Module):
         e4, e8 = config.edge_channels
         u8, u4 = config.up_channels
         self.proj = nn.Sequential(nn.Conv2d(feature_dim, c, 1), LayerNorm2d(c, eps=1e-6))
-        num_maps = self.NUM_TOKEN_MAPS + (2 if config.reference_nearest else 0)
+        num_maps = self.NUM_TOKEN_MAPS + (2 if config.reference_nearest else 0) + (1 if config.reference_metric else 0) \
+            + (1 if config.reference_ridge else 0)
         self.token_maps = nn.Sequential(nn.Conv2d(num_maps, c, 1), nn.GELU(), nn.Conv2d(c, c, 1))
         self.edges_to_tokens = SplitPointwise(e8, 3, c)
         self.reference_attention = ReferenceAttention(feature_dim, c, config.reference_attention_heads) \
             if config.reference_attention else None
+        self.reference_metric = ReferenceMetric(feature_dim, config.reference_metric_dim) \
+            if config.reference_metric else None
         self.blocks = nn.ModuleList(SeparableBlock(c, config.kernel_size, config.mlp_ratio) for _ in range(config.depth))
         self.low_blocks = nn.ModuleList(
             SeparableBlock(c, config.kernel_size, config.mlp_ratio) for _ in range(config.low_depth)
@@ -341,9 +449,10 @@ class ClickDecoder(nn.Module):
         return ViewEncoding(self.proj(tokens), F.normalize(tokens, dim=1), edge_tokens, laterals, size)
 
     def reference_maps(self, unit_features: torch.Tensor, reference: ReferenceEncoding | None) -> torch.Tensor:
-        """``B x 2 x g x g`` (``B x 4`` with ``reference_nearest``): the tokens' cosine to the reference's
-        pooled positive / negative features, then to their nearest exemplars; zeros where switched off
-        or without a reference. Parameter-free and click-independent: computed once per view and reference."""
+        """``B x 2 x g x g`` (``B x 4`` with ``reference_nearest``, ``B x 5`` with ``reference_ridge`` too): the
+        tokens' cosine to the reference's pooled positive / negative features, then to their nearest
+        exemplars, then the reference's ridge map; zeros where switched off or without a reference.
+        Parameter-free and click-independent: computed once per view and reference."""
         cfg = self.config
         b, _, gh, gw = unit_features.shape
         zeros2 = unit_features.new_zeros(b, 2, gh, gw)
@@ -355,7 +464,10 @@ class ClickDecoder(nn.Module):
             return pooled
         has_exemplars = reference is not None and reference.exemplars is not None
         nearest = nearest_exemplar_affinity(unit_features, reference) if has_exemplars else zeros2
-        return torch.cat([pooled, nearest], dim=1)
+        if not cfg.reference_ridge:
+            return torch.cat([pooled, nearest], dim=1)
+        ridge = ridge_map(unit_features, reference) if has_exemplars and reference.ridge is not None else zeros2[:, :1]
+        return torch.cat([pooled, nearest, ridge], dim=1)
 
     def decode(
         self,
@@ -365,13 +477,15 @@ class ClickDecoder(nn.Module):
         reference: ReferenceEncoding | None = None,
         full_size: bool = True,
         reference_maps: torch.Tensor | None = None,
+        metric_maps: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``B x 1 x S x S``; ``prev_mask`` ``B x 1 x S x S``; ``points`` ``B x N x 3`` (y, x, label) in view pixels.
 
         ``full_size=False`` returns the native ``B x 1 x S/4 x S/4`` logits (before the bilinear
         upsampling; training computes its loss there). ``reference_maps``: the view's
         :meth:`reference_maps` for ``reference``, when the caller computed them already (they
-        do not depend on the clicks or on any trained weight).
+        do not depend on the clicks or on any trained weight). ``metric_maps``: the same for
+        :meth:`ReferenceMetric.maps` (click-independent, but trained).
         """
         cfg = self.config
         points = compact_points(points)
@@ -394,6 +508,10 @@ class ClickDecoder(nn.Module):
         if reference_maps is None:
             reference_maps = self.reference_maps(view.unit_features, reference)
         maps = [dense_tokens[:, :1], clicks, reference_maps[:, :2], dense_tokens[:, 1:], reference_maps[:, 2:]]
+        if self.reference_metric is not None:
+            if metric_maps is None:
+                metric_maps = self.reference_metric.maps(view.unit_features, reference)
+            maps.append(self.reference_metric.decoder_map(metric_maps.to(dtype), reference))
         maps = channels_last(torch.cat(maps, dim=1))
         x = tokens + self.token_maps(maps)
         x = x + view.edge_tokens + self.edges_to_tokens.clicks_term(resize_maps(dense8, (gh, gw)))

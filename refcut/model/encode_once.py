@@ -22,6 +22,7 @@ from refcut.model.click_decoder import (
     ReferenceEncoding,
     ViewEncoding,
     ViewFeatures,
+    fit_reference_ridge,
     select_exemplars,
 )
 from refcut.model.edge_encoder import EDGE_CHANNELS, EdgeEncoder
@@ -96,6 +97,14 @@ ENCODE_ONCE_PRESETS: dict[str, EncodeOnceConfig] = {
     "encode_once_vits14_refattn": EncodeOnceConfig(
         name="encode_once_vits14_refattn", encoder=EncoderConfig(image_size=336),
         decoder=DecoderConfig(reference_nearest=True, reference_attention=True)),
+    # The same with a learned metric over the frozen features (ReferenceMetric; warm-starts from encode_once_vits14).
+    "encode_once_vits14_metric": EncodeOnceConfig(
+        name="encode_once_vits14_metric", encoder=EncoderConfig(image_size=336),
+        decoder=DecoderConfig(reference_nearest=True, reference_metric=True)),
+    # The same with the reference's one-shot ridge map (warm-starts from encode_once_vits14).
+    "encode_once_vits14_ridge": EncodeOnceConfig(
+        name="encode_once_vits14_ridge", encoder=EncoderConfig(image_size=336),
+        decoder=DecoderConfig(reference_nearest=True, reference_ridge=True)),
     "encode_once_tiny_test": EncodeOnceConfig(
         name="encode_once_tiny_test",
         encoder=EncoderConfig(name="tiny", image_size=56, patch_size=14, embed_dim=24, depth=2, num_heads=2,
@@ -132,7 +141,7 @@ class EncodeOnceModel(nn.Module):
         return self
 
     FROZEN_PREFIXES = ("encoder.", "edge_encoder.")
-    WARM_START_NEW = ("decoder.reference_attention.",)
+    WARM_START_NEW = ("decoder.reference_attention.", "decoder.reference_metric.")
     """Modules that start as the identity (zero output): a warm start from a model without them keeps its outputs."""
 
     def stored_state_dict(self) -> dict[str, torch.Tensor]:
@@ -168,7 +177,9 @@ class EncodeOnceModel(nn.Module):
         chosen = [select_exemplars(unit, m, self.config.decoder.reference_exemplars) for m in (positive_mask, negative_mask)]
         exemplars = torch.stack([tokens for tokens, _ in chosen], dim=1)
         valid = torch.stack([ok for _, ok in chosen], dim=1)
-        return ReferenceEncoding(prompt, protos[0], protos[1], exemplars, valid)
+        decoder = self.config.decoder
+        ridge = fit_reference_ridge(unit, positive_mask, decoder.reference_ridge_lambda) if decoder.reference_ridge else None
+        return ReferenceEncoding(prompt, protos[0], protos[1], exemplars, valid, ridge)
 
     def encode_view(self, features: ViewFeatures) -> ViewEncoding:
         """The decoder's click-independent part for a view (see :meth:`ClickDecoder.encode_view`)."""
@@ -186,12 +197,14 @@ class EncodeOnceModel(nn.Module):
         reference: ReferenceEncoding | None = None,
         full_size: bool = True,
         reference_maps: torch.Tensor | None = None,
+        metric_maps: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``B x 1 x S x S`` for the clicks on an encoded view (``S/4`` with ``full_size=False``).
 
-        ``reference_maps``: precomputed :meth:`ClickDecoder.reference_maps` of this view and reference.
+        ``reference_maps`` / ``metric_maps``: precomputed :meth:`ClickDecoder.reference_maps` /
+        :meth:`ReferenceMetric.maps` of this view and reference.
         """
-        return self.decoder.decode(view, prev_mask, points, reference, full_size, reference_maps)
+        return self.decoder.decode(view, prev_mask, points, reference, full_size, reference_maps, metric_maps)
 
     def forward(
         self,
@@ -201,12 +214,14 @@ class EncodeOnceModel(nn.Module):
         reference: ReferenceEncoding | None = None,
         full_size: bool = True,
         reference_maps: torch.Tensor | None = None,
+        metric_maps: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``B x 1 x S x S`` (``S/4`` with ``full_size=False``) from a view's cached features (:meth:`encode`).
 
         ``points`` is ``B x N x 3`` rows ``(y, x, label)`` in view pixels (1 positive, 0 negative, -1 padding).
         """
-        return self.decode(self.encode_view(features), prev_mask, points, reference, full_size, reference_maps)
+        return self.decode(self.encode_view(features), prev_mask, points, reference, full_size, reference_maps,
+                           metric_maps)
 
 
 def build_encode_once_model(config: EncodeOnceConfig) -> EncodeOnceModel:

@@ -163,6 +163,9 @@ class TrainConfig:
     ``far_click_weight`` up-weights the loss on pixels far from every click (weight
     ``1 + far_click_weight * min(1, distance / (far_click_radius * side))``): there the clicks
     say little and the image and the reference must decide (default 0: plain NFL).
+    ``metric_loss_weight`` (models with the decoder's ``reference_metric``) adds that times a
+    per-token BCE between the learned metric's "wanted" logits and the target's token coverage,
+    weighted 1 inside the target's box grown 2x and 0.3 elsewhere (samples with positive exemplars).
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -180,6 +183,7 @@ class TrainConfig:
     low_res_loss: bool = True
     far_click_weight: float = 0.0
     far_click_radius: float = 0.25
+    metric_loss_weight: float = 0.0
     precision: str = "auto"
     device: str = "auto"
     threads: int | None = None
@@ -197,6 +201,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.max_extra_clicks < 0:
             raise ValueError("max_extra_clicks must be >= 0")
+        if self.metric_loss_weight < 0:
+            raise ValueError(f"metric_loss_weight must be >= 0, got {self.metric_loss_weight}")
         if self.far_click_weight < 0 or self.far_click_radius <= 0:
             raise ValueError("far_click_weight must be >= 0 and far_click_radius > 0, got "
                              f"{self.far_click_weight} and {self.far_click_radius}")

@@ -415,6 +415,37 @@ def full_size_logits(logits: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return F.interpolate(logits, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
 
+def box_region_weight(coverage: torch.Tensor, outside: float = 0.3) -> torch.Tensor:
+    """``B x 1 x g x g``: 1 on the tokens within one box height / width of each sample's target box centre
+    (the box grown about 2x), ``outside`` elsewhere."""
+    b, _, gh, gw = coverage.shape
+    weight = coverage.new_full(coverage.shape, outside)
+    ys = torch.arange(gh, device=coverage.device, dtype=coverage.dtype)
+    xs = torch.arange(gw, device=coverage.device, dtype=coverage.dtype)
+    for i in range(b):
+        rows, cols = torch.nonzero(coverage[i, 0] > 0, as_tuple=True)
+        if rows.numel() == 0:
+            continue
+        (y0, y1), (x0, x1) = (rows.min(), rows.max()), (cols.min(), cols.max())
+        cy, cx, h, w = (y0 + y1) / 2, (x0 + x1) / 2, y1 - y0 + 1, x1 - x0 + 1
+        inside = ((ys - cy).abs() <= h)[:, None] & ((xs - cx).abs() <= w)[None, :]
+        weight[i, 0][inside] = 1.0
+    return weight
+
+
+def metric_loss(metric: nn.Module, maps: torch.Tensor, reference: Any, gt: torch.Tensor) -> torch.Tensor:
+    """The reference metric's direct loss (``metric_loss_weight``): soft per-token BCE against the
+    target's coverage of each token, box-weighted, over the samples with positive exemplars."""
+    has = reference.exemplar_valid[:, 0].any(dim=1)
+    if not bool(has.any()):
+        return maps.sum() * 0.0
+    coverage = F.adaptive_avg_pool2d(gt.float(), maps.shape[-2:])
+    weight = box_region_weight(coverage)
+    bce = F.binary_cross_entropy_with_logits(metric.logits(maps, reference), coverage, reduction="none")
+    per_sample = (bce * weight).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3))
+    return per_sample[has].mean()
+
+
 @dataclass
 class StepOutput:
     """What one training step produced (for logging and dumps)."""
@@ -443,11 +474,16 @@ def training_step(
         prompt = None if config.no_reference else compute_prompts(model, batch, config.reference_grad)
     detached = None if prompt is None else prompt.detach()
     extra: dict[str, Any] = {}
+    metric = model.decoder.reference_metric if is_encode_once(model) and prompt is not None else None
     if is_encode_once(model):  # the view's cached features stand in for the image
         inputs = ViewFeatures(batch["tokens"], batch["edges4"], batch["edges8"])
         with torch.no_grad(), autocast():  # the click-independent parts once per step
             view = model.encode_view(inputs)
             extra["reference_maps"] = model.decoder.reference_maps(view.unit_features, detached)
+        if metric is not None:  # trained but click-independent: once per step, with gradient for the final pass
+            with autocast():
+                metric_maps = metric.maps(view.unit_features, prompt)
+            extra["metric_maps"] = metric_maps.detach()
         if low_res:
             extra["full_size"] = False
     else:
@@ -474,6 +510,8 @@ def training_step(
             model.train()
         if first_click is not None:
             prev = prev.masked_fill(first_click.to(device).view(-1, 1, 1, 1), 0.0)
+    if metric is not None:
+        extra["metric_maps"] = metric_maps
     with autocast():
         logits = wrapped(inputs, prev, points.to(device), prompt, **extra)
     target = gt if logits.shape == gt.shape else F.adaptive_avg_pool2d(gt.float(), logits.shape[-2:])
@@ -483,6 +521,8 @@ def training_step(
                                               config.far_click_radius).to(device)
     loss = normalized_focal_loss(logits.float(), target, config.loss_alpha, config.loss_gamma,
                                  pixel_weight=pixel_weight).mean()
+    if metric is not None and config.metric_loss_weight > 0:
+        loss = loss + config.metric_loss_weight * metric_loss(metric, metric_maps.float(), prompt, gt)
     with torch.no_grad():
         logits = full_size_logits(logits.detach().float(), gt)
         pred = torch.sigmoid(logits) > config.click_threshold
