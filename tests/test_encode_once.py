@@ -386,6 +386,17 @@ def test_warm_start_into_wider_token_maps_keeps_the_checkpoints_function():
         warm_start(new, narrow, "narrow")
 
 
+def reference_scene(model: EncodeOnceModel):
+    """Encoded view and reference features, a positive reference box, one click and an empty previous mask."""
+    size = model.config.image_size
+    torch.manual_seed(2)
+    features = model.encode(torch.rand(1, 3, size, size))
+    reference_features = model.encode(torch.rand(1, 3, size, size)).tokens
+    positive = torch.zeros(1, 1, size, size)
+    positive[..., 10:30, 10:40] = 1
+    return features, reference_features, positive, torch.tensor([[[20.0, 30.0, 1.0]]]), torch.zeros(1, 1, size, size)
+
+
 def attention_model(seed: int = 0) -> EncodeOnceModel:
     torch.manual_seed(seed)
     base = EncodeOnceConfig.from_preset(TINY)
@@ -396,14 +407,7 @@ def test_reference_attention_starts_as_the_identity_and_then_reads_the_exemplars
     old = tiny_model()
     new = attention_model(seed=1)
     warm_start(new, old.state_dict(), "old")  # the attention's weights are not in "old": they start at zero output
-    size = new.config.image_size
-    torch.manual_seed(2)
-    features = old.encode(torch.rand(1, 3, size, size))
-    reference_features = old.encode(torch.rand(1, 3, size, size)).tokens
-    positive = torch.zeros(1, 1, size, size)
-    positive[..., 10:30, 10:40] = 1
-    points = torch.tensor([[[20.0, 30.0, 1.0]]])
-    prev = torch.zeros(1, 1, size, size)
+    features, reference_features, positive, points, prev = reference_scene(old)
     run = lambda model, masks: model(features, prev, points, None if masks is None else  # noqa: E731
                                      model.reference_prompt(reference_features, *masks))
     for masks in (None, (positive, None), (positive, 1 - positive)):
@@ -416,7 +420,7 @@ def test_reference_attention_starts_as_the_identity_and_then_reads_the_exemplars
     assert not torch.allclose(with_both - with_positive, run(old, (positive, 1 - positive)) - run(old, (positive, None)),
                               atol=1e-4)
     # No reference = a reference whose masks are empty (as training's samples without one): only the "no match" slot.
-    empty = torch.zeros(1, 1, size, size)
+    empty = torch.zeros_like(positive)
     assert torch.allclose(run(new, None), run(new, (empty, empty)), atol=1e-5)
     with pytest.raises(ValueError, match="reference_nearest"):
         replace(new.config.decoder, reference_nearest=False)
@@ -484,14 +488,7 @@ def test_reference_metric_starts_as_the_checkpoint_and_its_maps_are_learned_spac
     old = tiny_model()
     new = metric_model(seed=1)
     warm_start(new, old.state_dict(), "old")  # new input channels of the token maps start at zero
-    size = new.config.image_size
-    torch.manual_seed(2)
-    features = old.encode(torch.rand(1, 3, size, size))
-    reference_features = old.encode(torch.rand(1, 3, size, size)).tokens
-    positive = torch.zeros(1, 1, size, size)
-    positive[..., 10:30, 10:40] = 1
-    points = torch.tensor([[[20.0, 30.0, 1.0]]])
-    prev = torch.zeros(1, 1, size, size)
+    features, reference_features, positive, points, prev = reference_scene(old)
     for masks in (None, (positive, None), (positive, 1 - positive)):
         run = lambda model: model(features, prev, points, None if masks is None else  # noqa: E731
                                   model.reference_prompt(reference_features, *masks))
