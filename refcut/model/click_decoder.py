@@ -280,8 +280,8 @@ def nearest_exemplar_affinity(unit_features: torch.Tensor, reference: ReferenceE
 
 
 RIDGE_GAIN = 8.0
-"""The ridge map is ``RIDGE_GAIN * (score - 1/2)``: about the range of a log-odds, so that its (zero-initialised)
-input weights reach a useful size in a fine-tune."""
+"""The ridge map is ``RIDGE_GAIN * (score - 1/2)``: about the range of a log-odds, so that a change of its
+(zero-initialised) input weights counts more (in session 16's 1,200-step fine-tune still not enough)."""
 
 
 def fit_reference_ridge(unit_features: torch.Tensor, mask: torch.Tensor | None, lam: float) -> torch.Tensor:
@@ -414,8 +414,8 @@ class ClickDecoder(nn.Module):
 
     NUM_TOKEN_MAPS = 7
     """prev, click affinity +/-, reference affinity +/-, positive / negative disk coverage
-    (+ nearest-exemplar affinity +/- with ``reference_nearest``, + the learned metric's log-odds with
-    ``reference_metric``)."""
+    (+ nearest-exemplar affinity +/- with ``reference_nearest``, + the reference's ridge map with
+    ``reference_ridge``, + the learned metric's log-odds with ``reference_metric``)."""
 
     def __init__(self, feature_dim: int, config: DecoderConfig) -> None:
         super().__init__()
