@@ -572,11 +572,7 @@ def test_reference_ridge_is_the_least_squares_probe_of_the_reference_and_starts_
     new = EncodeOnceModel(replace(base, decoder=replace(base.decoder, reference_ridge=True))).eval()
     old = tiny_model()
     warm_start(new, old.state_dict(), "old")
-    size = new.config.image_size
-    features = old.encode(torch.rand(1, 3, size, size))
-    reference_features = old.encode(torch.rand(1, 3, size, size)).tokens
-    positive = torch.zeros(1, 1, size, size)
-    positive[..., 10:30, 10:40] = 1
+    features, reference_features, positive, points, prev = reference_scene(old)
     reference = new.reference_prompt(reference_features, positive, None)
     view = new.encode_view(features)
     maps = new.decoder.reference_maps(view.unit_features, reference)
@@ -585,8 +581,6 @@ def test_reference_ridge_is_the_least_squares_probe_of_the_reference_and_starts_
     assert torch.allclose(maps[0, 4], RIDGE_GAIN * (score.clamp(-0.5, 1.5) - 0.5), atol=1e-5)
     empty = new.reference_prompt(reference_features, torch.zeros_like(positive), None)
     assert torch.equal(ridge_map(view.unit_features, empty), torch.zeros(1, 1, *maps.shape[-2:]))
-    points = torch.tensor([[[20.0, 30.0, 1.0]]])
-    prev = torch.zeros(1, 1, size, size)
     assert torch.allclose(new(features, prev, points, reference), old(features, prev, points,
                           old.reference_prompt(reference_features, positive, None)), atol=1e-6)
     with pytest.raises(ValueError, match="reference_nearest"):

@@ -1,0 +1,25 @@
+#!/bin/bash
+# Session 16's runs: eo_v8b's recipe (seed 0, from eo_v6) plus one variant, then pack and the 60-episode eval.
+#   bash docs/results/heldout_session16/train.sh v18    # learned reference metric (+ its direct loss)
+#   bash docs/results/heldout_session16/train.sh v19    # the reference's ridge map
+#   bash docs/results/heldout_session16/train.sh v19b   # v19 with a 10x rate on the token maps' first layer
+# eo_v6: mkdir -p /tmp/eo_v6 && git archive c1f3647 refcut/assets/models/default | tar -x -C /tmp/eo_v6
+set -e
+case "$1" in
+  v18) extra=(--preset encode_once_vits14_metric --set metric_loss_weight=0.5
+              --set 'optim.lr_scales={"decoder.reference_metric.": 10}') ;;
+  v19) extra=(--preset encode_once_vits14_ridge) ;;
+  v19b) extra=(--preset encode_once_vits14_ridge --set 'optim.lr_scales={"decoder.token_maps.0.": 10}') ;;
+  *) echo "usage: $0 v18|v19|v19b" >&2; exit 2 ;;
+esac
+D=../shared/data
+run=/work/runs/eo_$1_s0
+refcut train -o $run "${extra[@]}" --init /tmp/eo_v6/refcut/assets/models/default \
+  --data $D/car-parts --data $D/clothing-co-parsing --data $D/coco-mval-half --steps 1200 --batch-size 32 --lr 1e-4 \
+  --workers 0 --threads 2 --set seed=0 --set checkpoint_every=100 --set dump_every=400 --set log_every=20 \
+  --set 'optim.decay_at=[0.8]' \
+  --set 'data.combination_weights={"single": 0.35, "pair": 0.3, "whole": 0.1, "random": 0.25}' \
+  --set data.first_click_prob=0.3 --set data.click_sequence_prob=0.5 --set max_extra_clicks=6 --no-progress
+refcut pack-model $run/final /work/runs/pack_$1_s0 --refine guided-grabcut --run eo_$1_s0 --overwrite
+refcut eval $D/car-parts $D/clothing-co-parsing $D/coco-mval-half --split heldout --limit 60 \
+  --method refcut=/work/runs/pack_$1_s0+guided-grabcut --modes none,both --workers 2 --no-progress --out /work/runs/eval_$1_s0
