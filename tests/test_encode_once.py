@@ -585,3 +585,22 @@ def test_reference_ridge_is_the_least_squares_probe_of_the_reference_and_starts_
                           old.reference_prompt(reference_features, positive, None)), atol=1e-6)
     with pytest.raises(ValueError, match="reference_nearest"):
         replace(new.config.decoder, reference_nearest=False)
+
+
+def test_global_blocks_start_as_the_identity_and_then_change_the_prediction():
+    old = tiny_model()
+    torch.manual_seed(1)
+    base = EncodeOnceConfig.from_preset(TINY)
+    new = EncodeOnceModel(replace(base, decoder=replace(base.decoder, global_depth=2, global_heads=2))).eval()
+    warm_start(new, old.state_dict(), "old")  # the global blocks are not in "old": their layer scales start at zero
+    features, reference_features, positive, points, prev = reference_scene(old)
+    run = lambda model: model(features, prev, points, model.reference_prompt(reference_features, positive))  # noqa: E731
+    assert torch.allclose(run(new), run(old), atol=1e-6)
+    for block in new.decoder.global_blocks:
+        torch.nn.init.constant_(block.ls1.gamma, 0.5)
+        torch.nn.init.constant_(block.ls2.gamma, 0.5)
+    assert not torch.allclose(run(new), run(old), atol=1e-4)
+    with pytest.raises(ValueError, match="low_depth"):
+        replace(base.decoder, global_depth=1, low_depth=0)
+    with pytest.raises(ValueError, match="global_heads"):
+        replace(base.decoder, global_depth=1, global_heads=3)

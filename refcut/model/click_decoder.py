@@ -33,6 +33,7 @@ from torch import nn
 
 from refcut.model.clicks import compact_points, disk_maps
 from refcut.model.config import DictConfig
+from refcut.model.layers import Block
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,10 @@ class DecoderConfig(DictConfig):
     plus a constant) to their coverage by the positive mask, applied to the view's tokens
     (:func:`fit_reference_ridge`, :func:`ridge_map`): a one-shot linear probe that uses the
     reference's other tokens as negatives, where the exemplar maps only look for the nearest match.
+    ``global_depth`` pre-norm transformer blocks (``global_heads`` heads, self-attention over all
+    positions) run after the half-resolution blocks (they need ``low_depth`` >= 1), so a token's
+    decision can depend on every other region (the convolutions see ~12 tokens around it); their
+    layer scales start at zero, so a decoder warm-started without them computes what it did.
     """
 
     config_kind = "decoder config"
@@ -84,6 +89,8 @@ class DecoderConfig(DictConfig):
     reference_metric_dim: int = 128
     reference_ridge: bool = False
     reference_ridge_lambda: float = 10.0
+    global_depth: int = 0
+    global_heads: int = 4
 
     def __post_init__(self) -> None:
         if self.reference_ridge and not self.reference_nearest:
@@ -94,6 +101,11 @@ class DecoderConfig(DictConfig):
             raise ValueError("decoder reference_metric needs reference_nearest (it compares with the exemplars)")
         if self.reference_attention and not self.reference_nearest:
             raise ValueError("decoder reference_attention needs reference_nearest (it attends to the exemplars)")
+        if self.global_depth and not self.low_depth:
+            raise ValueError("decoder global_depth needs low_depth >= 1 (the global blocks run at half resolution)")
+        if self.global_depth < 0 or (self.global_depth and self.width % self.global_heads):
+            raise ValueError(f"decoder global_depth must be >= 0 and width {self.width} a multiple of global_heads "
+                             f"{self.global_heads}, got {self.global_depth} / {self.global_heads}")
         if self.reference_attention and self.width % self.reference_attention_heads:
             raise ValueError(f"decoder width {self.width} must be a multiple of reference_attention_heads "
                              f"{self.reference_attention_heads}")
@@ -436,6 +448,9 @@ class ClickDecoder(nn.Module):
         self.low_blocks = nn.ModuleList(
             SeparableBlock(c, config.kernel_size, config.mlp_ratio) for _ in range(config.low_depth)
         )
+        self.global_blocks = nn.ModuleList(
+            Block(c, config.global_heads, config.mlp_ratio, layer_scale_init=0.0) for _ in range(config.global_depth)
+        )
         self.up8 = UpStep(c, e8, u8)
         self.up4 = UpStep(u8, e4, u4)
         self.logits = nn.Conv2d(u4, 1, 1)
@@ -525,6 +540,11 @@ class ClickDecoder(nn.Module):
             low = F.avg_pool2d(x, 2, ceil_mode=True)
             for block in self.low_blocks:
                 low = block(low)
+            if self.global_blocks:
+                sequence = low.flatten(2).transpose(1, 2)
+                for block in self.global_blocks:
+                    sequence = block(sequence)
+                low = channels_last(sequence.transpose(1, 2).reshape(low.shape))
             x = x + F.interpolate(low, size=(gh, gw), mode="bilinear", align_corners=False)
         logits = self.logits(self.up4(self.up8(x, lateral8, dense8), lateral4, dense4))
         if not full_size:

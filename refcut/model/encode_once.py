@@ -105,6 +105,10 @@ ENCODE_ONCE_PRESETS: dict[str, EncodeOnceConfig] = {
     "encode_once_vits14_ridge": EncodeOnceConfig(
         name="encode_once_vits14_ridge", encoder=EncoderConfig(image_size=336),
         decoder=DecoderConfig(reference_nearest=True, reference_ridge=True)),
+    # The same with two global self-attention blocks after the half-resolution ones (warm-starts from encode_once_vits14).
+    "encode_once_vits14_global": EncodeOnceConfig(
+        name="encode_once_vits14_global", encoder=EncoderConfig(image_size=336),
+        decoder=DecoderConfig(reference_nearest=True, global_depth=2)),
     "encode_once_tiny_test": EncodeOnceConfig(
         name="encode_once_tiny_test",
         encoder=EncoderConfig(name="tiny", image_size=56, patch_size=14, embed_dim=24, depth=2, num_heads=2,
@@ -141,7 +145,7 @@ class EncodeOnceModel(nn.Module):
         return self
 
     FROZEN_PREFIXES = ("encoder.", "edge_encoder.")
-    WARM_START_NEW = ("decoder.reference_attention.", "decoder.reference_metric.")
+    WARM_START_NEW = ("decoder.reference_attention.", "decoder.reference_metric.", "decoder.global_blocks.")
     """Modules that start as the identity (zero output): a warm start from a model without them keeps its outputs."""
 
     def stored_state_dict(self) -> dict[str, torch.Tensor]:

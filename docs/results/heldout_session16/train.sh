@@ -1,8 +1,9 @@
 #!/bin/bash
-# Session 16's runs: eo_v8b's recipe (seed 0, from eo_v6) plus one variant, then pack and the 60-episode eval.
+# Sessions 16-17's runs: eo_v8b's recipe (seed 0, from eo_v6) plus one variant, then pack and the 60-episode eval.
 #   bash docs/results/heldout_session16/train.sh v18    # learned reference metric (+ its direct loss)
 #   bash docs/results/heldout_session16/train.sh v19    # the reference's ridge map
 #   bash docs/results/heldout_session16/train.sh v19b   # v19 with a 10x rate on the token maps' first layer
+#   bash docs/results/heldout_session16/train.sh v20    # two global self-attention blocks (session 17), 10x rate on them
 # eo_v6: mkdir -p /tmp/eo_v6 && git archive c1f3647 refcut/assets/models/default | tar -x -C /tmp/eo_v6
 set -e
 case "$1" in
@@ -10,7 +11,8 @@ case "$1" in
               --set 'optim.lr_scales={"decoder.reference_metric.": 10}') ;;
   v19) extra=(--preset encode_once_vits14_ridge) ;;
   v19b) extra=(--preset encode_once_vits14_ridge --set 'optim.lr_scales={"decoder.token_maps.0.": 10}') ;;
-  *) echo "usage: $0 v18|v19|v19b" >&2; exit 2 ;;
+  v20) extra=(--preset encode_once_vits14_global --set 'optim.lr_scales={"decoder.global_blocks.": 10}') ;;
+  *) echo "usage: $0 v18|v19|v19b|v20" >&2; exit 2 ;;
 esac
 D=../shared/data
 run=/work/runs/eo_$1_s0
