@@ -285,10 +285,15 @@ def nearest_exemplar_affinity(unit_features: torch.Tensor, reference: ReferenceE
     b, _, gh, gw = unit_features.shape
     exemplars = reference.exemplars.to(unit_features.dtype)
     cosine = torch.einsum("bpkd,bdn->bpkn", exemplars, unit_features.flatten(2))  # B x 2 x K x g*g
-    valid = reference.exemplar_valid[..., None]
+    return best_over_exemplars(cosine, reference.exemplar_valid).view(b, 2, gh, gw)
+
+
+def best_over_exemplars(cosine: torch.Tensor, exemplar_valid: torch.Tensor) -> torch.Tensor:
+    """``B x 2 x N``: the best of ``cosine`` (``B x 2 x K x N``) over the valid exemplar rows, 0 where a
+    polarity has none."""
+    valid = exemplar_valid[..., None]
     best = torch.where(valid, cosine, torch.full_like(cosine, -2.0)).amax(dim=2)
-    best = torch.where(valid.any(dim=2), best, torch.zeros_like(best))
-    return best.view(b, 2, gh, gw)
+    return torch.where(valid.any(dim=2), best, torch.zeros_like(best))
 
 
 RIDGE_GAIN = 8.0
@@ -402,10 +407,7 @@ class ReferenceMetric(nn.Module):
         tokens = self._unit(unit_features.flatten(2).transpose(1, 2))  # B x N x E
         exemplars = self._unit(reference.exemplars.to(tokens.dtype))  # B x 2 x K x E
         cosine = torch.einsum("bpke,bne->bpkn", exemplars, tokens)
-        valid = reference.exemplar_valid[..., None]
-        best = torch.where(valid, cosine, torch.full_like(cosine, -2.0)).amax(dim=2)
-        best = torch.where(valid.any(dim=2), best, torch.zeros_like(best))
-        return best.view(b, 2, gh, gw)
+        return best_over_exemplars(cosine, reference.exemplar_valid).view(b, 2, gh, gw)
 
     def logits(self, maps: torch.Tensor, reference: ReferenceEncoding) -> torch.Tensor:
         """``B x 1 x g x g``: ``scale * (positive - negative) + bias`` (a learned constant for a missing negative)."""
