@@ -4,20 +4,26 @@
 #   bash docs/results/heldout_session16/train.sh v19    # the reference's ridge map
 #   bash docs/results/heldout_session16/train.sh v19b   # v19 with a 10x rate on the token maps' first layer
 #   bash docs/results/heldout_session16/train.sh v20    # two global self-attention blocks (session 17), 10x rate on them
+#   bash docs/results/heldout_session16/train.sh v21    # v20's decoder from scratch (no eo_v6 start), 6,000 steps at 2e-4
+#   (session 18 started v21; resume a stopped run with: refcut train --resume /work/runs/eo_v21_s0 --no-progress)
 # eo_v6: mkdir -p /tmp/eo_v6 && git archive c1f3647 refcut/assets/models/default | tar -x -C /tmp/eo_v6
 set -e
+init=(--init /tmp/eo_v6/refcut/assets/models/default)
+steps=1200
+lr=1e-4
 case "$1" in
   v18) extra=(--preset encode_once_vits14_metric --set metric_loss_weight=0.5
               --set 'optim.lr_scales={"decoder.reference_metric.": 10}') ;;
   v19) extra=(--preset encode_once_vits14_ridge) ;;
   v19b) extra=(--preset encode_once_vits14_ridge --set 'optim.lr_scales={"decoder.token_maps.0.": 10}') ;;
   v20) extra=(--preset encode_once_vits14_global --set 'optim.lr_scales={"decoder.global_blocks.": 10}') ;;
-  *) echo "usage: $0 v18|v19|v19b|v20" >&2; exit 2 ;;
+  v21) extra=(--preset encode_once_vits14_global); init=(); steps=6000; lr=2e-4 ;;
+  *) echo "usage: $0 v18|v19|v19b|v20|v21" >&2; exit 2 ;;
 esac
 D=../shared/data
 run=/work/runs/eo_$1_s0
-refcut train -o $run "${extra[@]}" --init /tmp/eo_v6/refcut/assets/models/default \
-  --data $D/car-parts --data $D/clothing-co-parsing --data $D/coco-mval-half --steps 1200 --batch-size 32 --lr 1e-4 \
+refcut train -o $run "${extra[@]}" "${init[@]}" \
+  --data $D/car-parts --data $D/clothing-co-parsing --data $D/coco-mval-half --steps $steps --batch-size 32 --lr $lr \
   --workers 0 --threads 2 --set seed=0 --set checkpoint_every=100 --set dump_every=400 --set log_every=20 \
   --set 'optim.decay_at=[0.8]' \
   --set 'data.combination_weights={"single": 0.35, "pair": 0.3, "whole": 0.1, "random": 0.25}' \
