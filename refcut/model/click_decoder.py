@@ -101,11 +101,11 @@ class DecoderConfig(DictConfig):
             raise ValueError("decoder reference_metric needs reference_nearest (it compares with the exemplars)")
         if self.reference_attention and not self.reference_nearest:
             raise ValueError("decoder reference_attention needs reference_nearest (it attends to the exemplars)")
-        if self.global_depth and not self.low_depth:
-            raise ValueError("decoder global_depth needs low_depth >= 1 (the global blocks run at half resolution)")
         if self.global_depth < 0 or (self.global_depth and self.width % self.global_heads):
             raise ValueError(f"decoder global_depth must be >= 0 and width {self.width} a multiple of global_heads "
                              f"{self.global_heads}, got {self.global_depth} / {self.global_heads}")
+        if self.global_depth and not self.low_depth:
+            raise ValueError("decoder global_depth needs low_depth >= 1 (the global blocks run at half resolution)")
         if self.reference_attention and self.width % self.reference_attention_heads:
             raise ValueError(f"decoder width {self.width} must be a multiple of reference_attention_heads "
                              f"{self.reference_attention_heads}")
