@@ -230,6 +230,35 @@ def test_predictor_encodes_once_per_view_and_only_when_the_zoom_box_changes():
     assert predictor.encoder_calls == 5
 
 
+def test_predictor_flip_averaging_is_mirror_equivariant_and_encodes_each_view_twice():
+    model = tiny_model()
+    for mlp in (model.reference.positive_mlp, model.reference.negative_mlp):
+        torch.nn.init.normal_(mlp.fc2.weight, std=0.5)
+    rng = np.random.default_rng(2)
+    size = model.config.image_size
+    image = rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8)  # the input size: no resampling
+    reference = rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8)
+    positive = np.zeros((size, size), bool)
+    positive[10:40, 5:30] = True
+    clicks, labels = np.array([[10, 20], [40, 50]]), np.array([1, 0])
+    mirrored_clicks = clicks.copy()
+    mirrored_clicks[:, 0] = size - 1 - clicks[:, 0]
+
+    def predict(flip: bool, img: np.ndarray, pts: np.ndarray) -> np.ndarray:
+        predictor = RefCutPredictor(model, flip=flip, zoom_in=False)
+        predictor.set_reference(reference, positive)  # pooled and exemplar prompts do not depend on the side
+        predictor.set_image(img)
+        prob = predictor.predict(pts, labels).prob
+        assert predictor.encoder_calls == (2 if flip else 1)
+        return prob
+
+    with_flip = predict(True, image, clicks)
+    assert np.allclose(predict(True, image[:, ::-1].copy(), mirrored_clicks), with_flip[:, ::-1], atol=1e-5)
+    without = predict(False, image, clicks)
+    assert not np.allclose(predict(False, image[:, ::-1].copy(), mirrored_clicks), without[:, ::-1], atol=1e-5)
+    assert not np.allclose(with_flip, without, atol=1e-5)
+
+
 def test_predictor_reference_changes_the_encode_once_prediction():
     model = tiny_model()
     for mlp in (model.reference.positive_mlp, model.reference.negative_mlp):

@@ -92,8 +92,9 @@ class RefCutPredictor:
     With an encode-once model, ``set_image`` encodes the whole image once (cached for the last
     ``image_cache_size`` images, so going back to one is free; :meth:`preload` encodes one ahead),
     a zoom-in crop is encoded once when the box changes and reused while it does not, and
-    ``predict`` runs only the decoder. ``flip`` defaults to off for this family (it would need a
-    second encoder pass per view). An :class:`~refcut.model.ensemble.EncodeOnceEnsemble` is driven
+    ``predict`` runs only the decoder. ``flip`` defaults to off for this family: with ``flip=True``
+    each view is encoded a second time mirrored (cached beside it) and every click runs the decoder
+    on both, averaging the logits. An :class:`~refcut.model.ensemble.EncodeOnceEnsemble` is driven
     the same way: one encoder pass per view, every member's decoder per click, probabilities averaged.
 
     ``refine="grabcut"`` (or another of ``GRABCUT_STEPS``) adds a boundary step: GrabCut initialised
@@ -153,7 +154,7 @@ class RefCutPredictor:
         self._box: Box | None = None
         self.encoder_calls = 0
         """How many views the encode-once family's encoders ran on (target images and crops)."""
-        self._views: OrderedDict[str, dict[Box, ViewEncoding]] = OrderedDict()
+        self._views: OrderedDict[str, dict[tuple[Box, bool], ViewEncoding]] = OrderedDict()
         self._image_cache_size = image_cache_size
         self._image_key: str | None = None
         self._lock = threading.RLock()
@@ -278,7 +279,11 @@ class RefCutPredictor:
         self._box = None
         if self.encode_once:
             self._image_key = _image_key(image)
-            self._view(self._image_key, self._image, full_box(*image.shape[:2]))
+            self._encode_views(self._image_key, self._image, full_box(*image.shape[:2]))
+
+    def _encode_views(self, key: str, image: torch.Tensor, box: Box) -> list[ViewEncoding]:
+        """The views a click on ``box`` decodes: the view itself, and its mirror image with ``flip``."""
+        return [self._view(key, image, box, mirrored) for mirrored in ((False, True) if self.flip else (False,))]
 
     def preload(self, image: np.ndarray) -> None:
         """Encode an image's whole view into the cache without making it current (encode-once models).
@@ -289,27 +294,30 @@ class RefCutPredictor:
         if not self.encode_once:
             return
         image = as_rgb_uint8(image)
-        self._view(_image_key(image), self._to_tensor(image), full_box(*image.shape[:2]))
+        self._encode_views(_image_key(image), self._to_tensor(image), full_box(*image.shape[:2]))
 
     @torch.inference_mode()
-    def _view(self, key: str, image: torch.Tensor, box: Box) -> ViewEncoding:
-        """The encoded view of ``box`` of an image, from the cache or encoded now."""
+    def _view(self, key: str, image: torch.Tensor, box: Box, mirrored: bool = False) -> ViewEncoding:
+        """The encoded view of ``box`` of an image (left-right mirrored when asked), from the cache or encoded now."""
         with self._lock:
             views = self._views.get(key)
             if views is not None:
                 self._views.move_to_end(key)
-                if box in views:
-                    return views[box]
+                if (box, mirrored) in views:
+                    return views[(box, mirrored)]
         pixels = view_resize(image, box, self.input_size)
+        if mirrored:
+            pixels = pixels.flip(-1)
         with self._autocast():
             encoded = self.model.encode_view(self.model.encode(pixels))
         with self._lock:
             self.encoder_calls += 1
             views = self._views.setdefault(key, {})
-            if box != full_box(*image.shape[-2:]):  # one crop per image at a time: the zoom box
-                for old in [b for b in views if b != full_box(*image.shape[-2:])]:
+            whole = full_box(*image.shape[-2:])
+            if box != whole:  # one crop per image at a time: the zoom box (and its mirror image)
+                for old in [k for k in views if k[0] not in (whole, box)]:
                     del views[old]
-            views[box] = encoded
+            views[(box, mirrored)] = encoded
             self._views.move_to_end(key)
             while len(self._views) > self._image_cache_size:
                 self._views.popitem(last=False)
@@ -404,12 +412,17 @@ class RefCutPredictor:
         height, width = self.image_size
         size = self.input_size
         assert self._image_key is not None
-        view = self._view(self._image_key, self._image, box)
+        views = self._encode_views(self._image_key, self._image, box)
         net_prev = view_resize(prev_t, box, size)
         net_points = points_to_network(points_yx, box, size)
         points = torch.from_numpy(np.concatenate([net_points, labels[:, None]], axis=1)).float()[None].to(self.device)
         with self._autocast():
-            logits = self.model.decode(view, net_prev, points, self._prompt).float()
+            logits = self.model.decode(views[0], net_prev, points, self._prompt).float()
+            if len(views) == 2:  # flip averaging: the mirrored view with mirrored clicks, mapped back
+                mirrored = points.clone()
+                mirrored[..., 1] = size - 1 - mirrored[..., 1]
+                flipped = self.model.decode(views[1], net_prev.flip(-1), mirrored, self._prompt).float()
+                logits = 0.5 * (logits + flipped.flip(-1))
         prob = paste_back(torch.sigmoid(logits[0, 0]), box, height, width).clamp(0, 1)
         return prob.cpu().numpy().astype(np.float32)
 

@@ -5,6 +5,7 @@
 #   bash docs/results/heldout_session16/train.sh v19b   # v19 with a 10x rate on the token maps' first layer
 #   bash docs/results/heldout_session16/train.sh v20    # two global self-attention blocks (session 17), 10x rate on them
 #   bash docs/results/heldout_session16/train.sh v21    # v20's decoder from scratch (no eo_v6 start), 6,000 steps at 2e-4
+#   STEPS=5000 bash docs/results/heldout_session16/train.sh v21   # session 20's shortened v21
 #   (session 18 started v21; resume a stopped run with: refcut train --resume /work/runs/eo_v21_s0 --no-progress)
 # eo_v6: mkdir -p /tmp/eo_v6 && git archive c1f3647 refcut/assets/models/default | tar -x -C /tmp/eo_v6
 set -e
@@ -20,6 +21,7 @@ case "$1" in
   v21) extra=(--preset encode_once_vits14_global); init=(); steps=6000; lr=2e-4 ;;
   *) echo "usage: $0 v18|v19|v19b|v20|v21" >&2; exit 2 ;;
 esac
+steps=${STEPS:-$steps}  # e.g. STEPS=5000 to fit a session (the x0.1 lr step stays at 0.8 of it)
 D=../shared/data
 run=/work/runs/eo_$1_s0
 refcut train -o $run "${extra[@]}" "${init[@]}" \
