@@ -121,7 +121,7 @@ def test_reference_editor_brush_saves_a_reference(server, browser) -> None:
     page.wait_for_selector("body[data-image-loaded='1']", timeout=30_000)
     page.locator("#label-list li", has_text="shoes").click()
     page.click("#btn-edit-ref")
-    page.wait_for_selector("#ed-canvas[data-pos-area='0']", state="attached", timeout=30_000)
+    page.wait_for_selector("#ed-canvas[data-loaded='1'][data-pos-area='0']", state="attached", timeout=30_000)
     page.check("input[name='ed-tool'][value='brush']")
     editor = page.locator("#ed-canvas")
     box = editor.bounding_box()

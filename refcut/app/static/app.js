@@ -849,6 +849,7 @@
 
   async function editorLoadImage(imageId, reference) {
     $("ed-image").value = String(imageId);
+    delete edCanvas.dataset.loaded;  // set again once the image and its layers are ready (browser tests wait for it)
     E.imageId = imageId; E.clicks = []; E.tokens = [];
     try {
       E.img = await busy(fetchImage(imageId));
@@ -861,9 +862,13 @@
     }
     edViewer.setImage(E.img);
     updateEditorStats();
+    edCanvas.dataset.loaded = "1";
   }
 
-  function closeEditor() { $("ref-editor").hidden = true; E.img = null; E.pos = E.neg = null; }
+  function closeEditor() {
+    $("ref-editor").hidden = true; E.img = null; E.pos = E.neg = null;
+    delete edCanvas.dataset.loaded;
+  }
 
   async function editorPredict() {
     if (E.predicting) return;
