@@ -381,11 +381,9 @@ class RefCutPredictor:
         net_points = points_to_network(points_yx, box, size)
         points = torch.from_numpy(np.concatenate([net_points, labels[:, None]], axis=1)).float()[None].to(self.device)
         if self.flip:
-            flipped = points.clone()
-            flipped[..., 1] = size - 1 - flipped[..., 1]
             net_image = torch.cat([net_image, net_image.flip(-1)])
             net_prev = torch.cat([net_prev, net_prev.flip(-1)])
-            points = torch.cat([points, flipped])
+            points = torch.cat([points, _mirror_points(points, size)])
         with self._autocast():
             logits = self.model(net_image, net_prev, points, self._prompt).float()
         if self.flip:
@@ -419,9 +417,7 @@ class RefCutPredictor:
         with self._autocast():
             logits = self.model.decode(views[0], net_prev, points, self._prompt).float()
             if len(views) == 2:  # flip averaging: the mirrored view with mirrored clicks, mapped back
-                mirrored = points.clone()
-                mirrored[..., 1] = size - 1 - mirrored[..., 1]
-                flipped = self.model.decode(views[1], net_prev.flip(-1), mirrored, self._prompt).float()
+                flipped = self.model.decode(views[1], net_prev.flip(-1), _mirror_points(points, size), self._prompt).float()
                 logits = 0.5 * (logits + flipped.flip(-1))
         prob = paste_back(torch.sigmoid(logits[0, 0]), box, height, width).clamp(0, 1)
         return prob.cpu().numpy().astype(np.float32)
@@ -453,6 +449,13 @@ class RefCutPredictor:
         x = int(min(width - 1, (col + 0.5) * width / grid_w))
         y = int(min(height - 1, (row + 0.5) * height / grid_h))
         return x, y
+
+
+def _mirror_points(points: torch.Tensor, size: int) -> torch.Tensor:
+    """Click rows ``(y, x, label)`` in a ``size``-px view, mapped into its left-right mirror image."""
+    mirrored = points.clone()
+    mirrored[..., 1] = size - 1 - mirrored[..., 1]
+    return mirrored
 
 
 def _image_key(image: np.ndarray) -> str:
