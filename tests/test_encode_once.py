@@ -8,6 +8,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -633,3 +634,69 @@ def test_global_blocks_start_as_the_identity_and_then_change_the_prediction():
         replace(base.decoder, global_depth=1, low_depth=0)
     with pytest.raises(ValueError, match="global_heads"):
         replace(base.decoder, global_depth=1, global_heads=3)
+
+
+def test_rgb_to_lab_matches_opencv():
+    from refcut.model.click_decoder import rgb_to_lab
+
+    rgb = np.random.default_rng(0).random((8, 8, 3), dtype=np.float32)
+    expected = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)
+    ours = rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
+    assert np.allclose(ours, expected, atol=0.5)  # OpenCV tabulates the cube root
+
+
+def test_colour_affinity_marks_the_clicked_colour_per_label_and_ignores_padding():
+    from refcut.model.click_decoder import colour_affinity, rgb_to_lab
+
+    image = torch.zeros(1, 3, 8, 8)
+    image[:, 0, :, :4] = 1.0  # red left half, blue right half
+    image[:, 2, :, 4:] = 1.0
+    colour = rgb_to_lab(image)
+    points = torch.tensor([[[2.0, 1.0, 1.0], [-1.0, -1.0, -1.0]]])
+    maps = colour_affinity(colour, points, sigma=12.0)
+    assert maps.shape == (1, 2, 8, 8)
+    assert torch.allclose(maps[0, 0, :, :4], torch.ones(8, 4)) and float(maps[0, 0, :, 4:].max()) < 1e-3
+    assert float(maps[0, 1].abs().max()) == 0.0  # no negative click
+    negative = colour_affinity(colour, torch.tensor([[[2.0, 1.0, 1.0], [5.0, 6.0, 0.0]]]), sigma=12.0)
+    assert torch.allclose(negative[0, 1, :, 4:], torch.ones(8, 4)) and torch.equal(negative[0, 0], maps[0, 0])
+
+
+def test_click_colour_decoder_warm_starts_as_the_checkpoint_and_needs_the_pixels():
+    base = tiny_model()
+    config = EncodeOnceConfig.from_preset(TINY)
+    coloured = EncodeOnceModel(replace(config, decoder=replace(config.decoder, click_colour=True))).eval()
+    warm_start(coloured, base.state_dict(), "tiny")
+    size = base.config.image_size
+    torch.manual_seed(1)
+    image = torch.rand(1, 3, size, size)
+    features = base.encode(image)
+    points = torch.tensor([[[20.0, 20.0, 1.0], [40.0, 10.0, 0.0]]])
+    prev = torch.zeros(1, 1, size, size)
+    expected = base.decode(base.encode_view(features), prev, points)
+    assert torch.allclose(coloured.decode(coloured.encode_view(features, image), prev, points), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="click_colour"):
+        coloured.encode_view(features)
+    for layer in (coloured.decoder.token_maps[0], coloured.decoder.up4.lateral):  # the new inputs can be learned
+        torch.nn.init.normal_(layer.weight, std=0.5)
+    assert not torch.allclose(coloured.decode(coloured.encode_view(features, image), prev, points), expected, atol=1e-3)
+
+
+def test_a_training_step_reaches_the_click_colour_inputs_through_the_view_pixels():
+    torch.manual_seed(0)
+    model = EncodeOnceModel(EncodeOnceConfig.from_preset("encode_once_tiny_colour_test")).train()
+    size = model.config.image_size
+    image = torch.rand(2, 3, size, size)
+    features = model.encode(image)
+    gt = torch.zeros(2, 1, size, size)
+    gt[:, :, 10:31, 7:40] = 1
+    points = torch.tensor([[[20.0, 20.0, 1.0], [-1.0, -1.0, -1.0]]]).repeat(2, 1, 1)
+    batch = {"gt": gt, "points": points, "tokens": features.tokens, "edges4": features.edges4,
+             "edges8": features.edges8, "image": image}
+    config = TrainConfig().with_overrides({"no_reference": True, "max_extra_clicks": 0})
+    output = training_step(model, model, batch, config, np.random.default_rng(0), contextlib.nullcontext)
+    output.loss.backward()
+    for layer in (model.decoder.token_maps[0], model.decoder.up4.lateral, model.decoder.edges_to_tokens):
+        assert float(layer.weight.grad[:, -2:-1].abs().sum()) > 0  # the positive click's colour map
+    with pytest.raises(ValueError, match="click_colour"):
+        training_step(model, model, {k: v for k, v in batch.items() if k != "image"}, config,
+                      np.random.default_rng(0), contextlib.nullcontext)

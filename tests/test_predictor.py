@@ -297,3 +297,52 @@ def test_the_shipped_default_model_loads_and_segments_the_demo_image():
     result = predictor.predict(click, np.array([1]))
     assert result.mask.shape == (height, width) and result.mask[height // 2, width // 2]
     assert 0.001 < result.mask.mean() < 0.9
+
+
+@pytest.mark.parametrize("family", ["early_fusion", "encode_once"])
+def test_reference_yields_to_repeated_overruled_clicks_until_they_are_undone(tiny_model, rng, monkeypatch, family):
+    from refcut.model.encode_once import EncodeOnceConfig, EncodeOnceModel
+
+    model = tiny_model if family == "early_fusion" else EncodeOnceModel(EncodeOnceConfig.from_preset("encode_once_tiny_test")).eval()
+    size = model.config.image_size
+    with_reference: list[bool] = []
+
+    def network(*args):
+        """A stand-in network: the reference draws everything, the clicks alone draw nothing."""
+        prompt = args[3]
+        with_reference.append(prompt is not None)
+        return torch.full((1, 1, size, size), 5.0 if prompt is not None else -5.0)
+
+    monkeypatch.setattr(model, "forward" if family == "early_fusion" else "decode", network)
+    image = rng.integers(0, 256, size=(100, 100, 3), dtype=np.uint8)
+    positive = np.zeros((100, 100), bool)
+    positive[20:60, 30:70] = True
+    clicks, labels = np.array([[50, 50], [10, 10], [12, 11], [90, 90]]), np.array([1, 0, 0, 1])
+
+    def run(predictor: RefCutPredictor, n: int) -> tuple[bool, list[bool]]:
+        with_reference.clear()
+        everything = bool(predictor.predict(clicks[:n], labels[:n]).mask.all())
+        return everything, list(with_reference)
+
+    predictor = RefCutPredictor(model, zoom_in=False, flip=False, reference_yield=0.05)
+    predictor.set_reference(image, positive)
+    predictor.set_image(image)
+    assert run(predictor, 1) == (True, [True])
+    assert run(predictor, 2) == (True, [True])  # overruled once: the reference stands
+    assert run(predictor, 3) == (False, [True, False])  # overruled again within 5 px: it yields ...
+    assert run(predictor, 4) == (False, [False])  # ... for the later clicks too
+    assert run(predictor, 2) == (True, [True])  # undone past the third click: the reference is back
+    assert run(predictor, 3) == (False, [True, False])
+    predictor.set_image(image)  # a new image starts with the reference
+    assert run(predictor, 2) == (True, [True])
+    far = clicks.copy()
+    far[2] = [60, 90]  # the second negative click lands far from the first: no insisting
+    predictor.set_image(image)
+    with_reference.clear()
+    assert predictor.predict(far[:3], labels[:3]).mask.all() and with_reference == [True]
+    plain = RefCutPredictor(model, zoom_in=False, flip=False)  # off by default
+    plain.set_reference(image, positive)
+    plain.set_image(image)
+    assert run(plain, 4) == (True, [True])
+    with pytest.raises(ValueError, match="reference_yield"):
+        RefCutPredictor(model, reference_yield=0.0)

@@ -66,6 +66,10 @@ class DecoderConfig(DictConfig):
     positions) run after the half-resolution blocks (they need ``low_depth`` >= 1), so a token's
     decision can depend on every other region (the convolutions see ~12 tokens around it); their
     layer scales start at zero, so a decoder warm-started without them computes what it did.
+    ``click_colour`` adds two click maps at every level: how close each stride-4 cell's CIELAB colour
+    is to the clicked cells' (:func:`colour_affinity`, width ``click_colour_sigma``), max over the
+    positive / negative clicks, so a click can reach distant regions of its colour; the view's
+    pixels must then be passed to :meth:`ClickDecoder.encode_view`.
     """
 
     config_kind = "decoder config"
@@ -91,8 +95,12 @@ class DecoderConfig(DictConfig):
     reference_ridge_lambda: float = 10.0
     global_depth: int = 0
     global_heads: int = 4
+    click_colour: bool = False
+    click_colour_sigma: float = 12.0
 
     def __post_init__(self) -> None:
+        if self.click_colour_sigma <= 0:
+            raise ValueError(f"decoder click_colour_sigma must be positive, got {self.click_colour_sigma}")
         if self.reference_ridge and not self.reference_nearest:
             raise ValueError("decoder reference_ridge needs reference_nearest (it reads the positive exemplars' mask)")
         if self.reference_ridge_lambda <= 0:
@@ -139,6 +147,8 @@ class ViewEncoding(NamedTuple):
     """The upsampler's lateral terms from the edge features, at strides 8 and 4 of the view."""
     size: int
     """The view's side ``S`` in pixels."""
+    colour: torch.Tensor | None = None
+    """``B x 3 x S/4 x S/4`` the view's CIELAB colour (``click_colour`` only)."""
 
 
 class ReferenceEncoding(NamedTuple):
@@ -207,10 +217,10 @@ class SplitPointwise(nn.Conv2d):
 class UpStep(nn.Module):
     """Upsample to a stem level, add the click-conditioned stem feature, mix locally (3x3 depthwise + pointwise)."""
 
-    def __init__(self, in_channels: int, stem_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, stem_channels: int, out_channels: int, click_channels: int = 3) -> None:
         super().__init__()
         self.reduce = nn.Conv2d(in_channels, out_channels, 1)
-        self.lateral = SplitPointwise(stem_channels, 3, out_channels)
+        self.lateral = SplitPointwise(stem_channels, click_channels, out_channels)
         self.dwconv = nn.Conv2d(out_channels, out_channels, 3, padding=1, groups=out_channels)
         self.pw = nn.Conv2d(out_channels, out_channels, 1)
         self.act = nn.ReLU()
@@ -232,6 +242,38 @@ def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if maps.shape[-2:] == size:
         return maps
     return F.adaptive_avg_pool2d(maps, size)
+
+
+def rgb_to_lab(image: torch.Tensor) -> torch.Tensor:
+    """``B x 3 x H x W`` sRGB in [0, 1] -> CIELAB (D65; L in [0, 100])."""
+    linear = torch.where(image > 0.04045, ((image + 0.055) / 1.055) ** 2.4, image / 12.92)
+    matrix = image.new_tensor([[0.4124 / 0.95047, 0.3576 / 0.95047, 0.1805 / 0.95047],
+                               [0.2126, 0.7152, 0.0722],
+                               [0.0193 / 1.08883, 0.1192 / 1.08883, 0.9505 / 1.08883]])
+    xyz = torch.einsum("ij,bjhw->bihw", matrix, linear)
+    f = torch.where(xyz > (6 / 29) ** 3, xyz.clamp_min(1e-12) ** (1 / 3), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return torch.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], dim=1)
+
+
+def colour_affinity(colour: torch.Tensor, points: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``B x 2 x h x w``: how close each cell's colour is to the clicked cells' (``exp(-d^2 / 2 sigma^2)`` in
+    CIELAB), max over positive / negative clicks; zero without a click of that label.
+
+    ``colour`` ``B x 3 x h x w``; ``points`` ``B x N x 3`` ``(y, x, label)`` in cells of that grid (-1: padding).
+    """
+    b, _, h, w = colour.shape
+    y = points[..., 0].round().long().clamp(0, h - 1)
+    x = points[..., 1].round().long().clamp(0, w - 1)
+    clicked = torch.gather(colour.flatten(2), 2, (y * w + x)[:, None].expand(-1, 3, -1))  # B x 3 x N
+    distance = (colour[:, None] - clicked.transpose(1, 2)[..., None, None]).pow(2).sum(2)  # B x N x h x w
+    similarity = torch.exp(-distance / (2 * sigma**2))
+    label = points[..., 2]
+    out = []
+    for wanted in (1, 0):
+        keep = (label == wanted)[..., None, None]
+        out.append(torch.where(keep, similarity, torch.zeros_like(similarity)).amax(1) if points.shape[1]
+                   else colour.new_zeros(b, h, w))
+    return torch.stack(out, dim=1)
 
 
 def click_affinity(unit_features: torch.Tensor, points: torch.Tensor, view_size: int) -> torch.Tensor:
@@ -438,10 +480,11 @@ class ClickDecoder(nn.Module):
         e4, e8 = config.edge_channels
         u8, u4 = config.up_channels
         self.proj = nn.Sequential(nn.Conv2d(feature_dim, c, 1), LayerNorm2d(c, eps=1e-6))
+        colour = 2 if config.click_colour else 0
         num_maps = self.NUM_TOKEN_MAPS + (2 if config.reference_nearest else 0) + (1 if config.reference_metric else 0) \
-            + (1 if config.reference_ridge else 0)
+            + (1 if config.reference_ridge else 0) + colour
         self.token_maps = nn.Sequential(nn.Conv2d(num_maps, c, 1), nn.GELU(), nn.Conv2d(c, c, 1))
-        self.edges_to_tokens = SplitPointwise(e8, 3, c)
+        self.edges_to_tokens = SplitPointwise(e8, 3 + colour, c)
         self.reference_attention = ReferenceAttention(feature_dim, c, config.reference_attention_heads) \
             if config.reference_attention else None
         self.reference_metric = ReferenceMetric(feature_dim, config.reference_metric_dim) \
@@ -453,17 +496,23 @@ class ClickDecoder(nn.Module):
         self.global_blocks = nn.ModuleList(
             Block(c, config.global_heads, config.mlp_ratio, layer_scale_init=0.0) for _ in range(config.global_depth)
         )
-        self.up8 = UpStep(c, e8, u8)
-        self.up4 = UpStep(u8, e4, u4)
+        self.up8 = UpStep(c, e8, u8, 3 + colour)
+        self.up4 = UpStep(u8, e4, u4, 3 + colour)
         self.logits = nn.Conv2d(u4, 1, 1)
 
-    def encode_view(self, features: ViewFeatures, size: int) -> ViewEncoding:
-        """The click-independent part, once per view of side ``size`` px."""
+    def encode_view(self, features: ViewFeatures, size: int, image: torch.Tensor | None = None) -> ViewEncoding:
+        """The click-independent part, once per view of side ``size`` px (``image``: the view's
+        ``B x 3 x S x S`` pixels in [0, 1], needed with ``click_colour``)."""
         tokens, edges4, edges8 = (channels_last(t.float()) for t in features)
         # A 1x1 convolution commutes with area pooling: pool the 40 input channels, not the C outputs.
         edge_tokens = self.edges_to_tokens.features_term(resize_maps(edges8, tuple(tokens.shape[-2:])))
         laterals = (self.up8.lateral.features_term(edges8), self.up4.lateral.features_term(edges4))
-        return ViewEncoding(self.proj(tokens), F.normalize(tokens, dim=1), edge_tokens, laterals, size)
+        colour = None
+        if self.config.click_colour:
+            if image is None:
+                raise ValueError("a decoder with click_colour needs the view's pixels: encode_view(features, image)")
+            colour = rgb_to_lab(F.interpolate(image.float(), size=tuple(edges4.shape[-2:]), mode="area"))
+        return ViewEncoding(self.proj(tokens), F.normalize(tokens, dim=1), edge_tokens, laterals, size, colour)
 
     def reference_maps(self, unit_features: torch.Tensor, reference: ReferenceEncoding | None) -> torch.Tensor:
         """``B x 2 x g x g`` (``B x 4`` with ``reference_nearest``, ``B x 5`` with ``reference_ridge`` too): the
@@ -516,7 +565,10 @@ class ClickDecoder(nn.Module):
         scaled = points.to(dtype).clone()
         scaled[..., :2] = (scaled[..., :2] + 0.5) * (quarter[0] / size) - 0.5
         radius = max(1.0, cfg.click_radius * quarter[0] / size)
-        dense4 = channels_last(torch.cat([resize_maps(prev_mask.to(dtype), quarter), disk_maps(scaled, *quarter, radius)], 1))
+        dense4 = [resize_maps(prev_mask.to(dtype), quarter), disk_maps(scaled, *quarter, radius)]
+        if cfg.click_colour:
+            dense4.append(colour_affinity(view.colour.to(dtype), scaled, cfg.click_colour_sigma))
+        dense4 = channels_last(torch.cat(dense4, 1))
         dense8 = resize_maps(dense4, tuple(lateral8.shape[-2:]))
         dense_tokens = resize_maps(dense4, (gh, gw))
 
@@ -524,11 +576,13 @@ class ClickDecoder(nn.Module):
             else tokens.new_zeros(b, 2, gh, gw)
         if reference_maps is None:
             reference_maps = self.reference_maps(view.unit_features, reference)
-        maps = [dense_tokens[:, :1], clicks, reference_maps[:, :2], dense_tokens[:, 1:], reference_maps[:, 2:]]
+        maps = [dense_tokens[:, :1], clicks, reference_maps[:, :2], dense_tokens[:, 1:3], reference_maps[:, 2:]]
         if self.reference_metric is not None:
             if metric_maps is None:
                 metric_maps = self.reference_metric.maps(view.unit_features, reference)
             maps.append(self.reference_metric.decoder_map(metric_maps.to(dtype), reference))
+        if cfg.click_colour:
+            maps.append(dense_tokens[:, 3:])
         maps = channels_last(torch.cat(maps, dim=1))
         x = tokens + self.token_maps(maps)
         x = x + view.edge_tokens + self.edges_to_tokens.clicks_term(resize_maps(dense8, (gh, gw)))

@@ -109,6 +109,10 @@ ENCODE_ONCE_PRESETS: dict[str, EncodeOnceConfig] = {
     "encode_once_vits14_global": EncodeOnceConfig(
         name="encode_once_vits14_global", encoder=EncoderConfig(image_size=336),
         decoder=DecoderConfig(reference_nearest=True, global_depth=2)),
+    # The same with the clicked colours' CIELAB affinity as two more click maps (warm-starts from encode_once_vits14).
+    "encode_once_vits14_colour": EncodeOnceConfig(
+        name="encode_once_vits14_colour", encoder=EncoderConfig(image_size=336),
+        decoder=DecoderConfig(reference_nearest=True, click_colour=True)),
     "encode_once_tiny_test": EncodeOnceConfig(
         name="encode_once_tiny_test",
         encoder=EncoderConfig(name="tiny", image_size=56, patch_size=14, embed_dim=24, depth=2, num_heads=2,
@@ -118,6 +122,9 @@ ENCODE_ONCE_PRESETS: dict[str, EncodeOnceConfig] = {
         encoder_weights="included",
     ),
 }
+ENCODE_ONCE_PRESETS["encode_once_tiny_colour_test"] = replace(
+    ENCODE_ONCE_PRESETS["encode_once_tiny_test"], name="encode_once_tiny_colour_test",
+    decoder=replace(ENCODE_ONCE_PRESETS["encode_once_tiny_test"].decoder, click_colour=True))
 
 
 class EncodeOnceModel(nn.Module):
@@ -185,9 +192,10 @@ class EncodeOnceModel(nn.Module):
         ridge = fit_reference_ridge(unit, positive_mask, decoder.reference_ridge_lambda) if decoder.reference_ridge else None
         return ReferenceEncoding(prompt, protos[0], protos[1], exemplars, valid, ridge)
 
-    def encode_view(self, features: ViewFeatures) -> ViewEncoding:
-        """The decoder's click-independent part for a view (see :meth:`ClickDecoder.encode_view`)."""
-        return self.decoder.encode_view(features, self.config.image_size)
+    def encode_view(self, features: ViewFeatures, image: torch.Tensor | None = None) -> ViewEncoding:
+        """The decoder's click-independent part for a view (see :meth:`ClickDecoder.encode_view`; ``image``: the
+        view's pixels, which a decoder with ``click_colour`` needs)."""
+        return self.decoder.encode_view(features, self.config.image_size, image)
 
     def view_unit_features(self, view: ViewEncoding) -> torch.Tensor:
         """The view's ``B x D x g x g`` unit encoder features (for reference matching outside the decoder)."""
@@ -219,12 +227,14 @@ class EncodeOnceModel(nn.Module):
         full_size: bool = True,
         reference_maps: torch.Tensor | None = None,
         metric_maps: torch.Tensor | None = None,
+        image: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``B x 1 x S x S`` (``S/4`` with ``full_size=False``) from a view's cached features (:meth:`encode`).
 
-        ``points`` is ``B x N x 3`` rows ``(y, x, label)`` in view pixels (1 positive, 0 negative, -1 padding).
+        ``points`` is ``B x N x 3`` rows ``(y, x, label)`` in view pixels (1 positive, 0 negative, -1 padding);
+        ``image`` the view's pixels (a decoder with ``click_colour`` needs them).
         """
-        return self.decode(self.encode_view(features), prev_mask, points, reference, full_size, reference_maps,
+        return self.decode(self.encode_view(features, image), prev_mask, points, reference, full_size, reference_maps,
                            metric_maps)
 
 

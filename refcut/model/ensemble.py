@@ -142,9 +142,9 @@ class EncodeOnceEnsemble(nn.Module):
         """Each member's prompt and prototypes (see :meth:`EncodeOnceModel.reference_prompt`)."""
         return tuple(member.reference_prompt(features, positive_mask, negative_mask) for member in self.members)
 
-    def encode_view(self, features: ViewFeatures) -> tuple[ViewEncoding, ...]:
-        """Each member's click-independent view encoding."""
-        return tuple(member.encode_view(features) for member in self.members)
+    def encode_view(self, features: ViewFeatures, image: torch.Tensor | None = None) -> tuple[ViewEncoding, ...]:
+        """Each member's click-independent view encoding (``image``: the view's pixels, for ``click_colour`` members)."""
+        return tuple(member.encode_view(features, image) for member in self.members)
 
     def view_unit_features(self, view: tuple[ViewEncoding, ...]) -> torch.Tensor:
         """The view's unit encoder features (the shared encoders': member 0's copy)."""

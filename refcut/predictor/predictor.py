@@ -108,6 +108,12 @@ class RefCutPredictor:
     negative together, scaled by ``r``, at least ``OBJECT_CROP_MIN_SIZE`` = 200 px a side) instead of the
     whole image, so its features have the scale of the zoomed-in target views (training draws
     references from such object crops too).
+
+    ``reference_yield=r`` lets the clicks overrule the reference: when the network, with the reference,
+    keeps the latest click's pixel on the wrong side and also an earlier click of the same label within
+    ``r`` of the image's long side (the annotator clicking again where the reference draws the other
+    way), that prediction and the later ones are made without the reference, until clicks are undone
+    past that point or the image or reference changes.
     """
 
     def __init__(
@@ -122,10 +128,14 @@ class RefCutPredictor:
         image_cache_size: int = 4,
         refine: str | None = None,
         reference_crop: float | None = None,
+        reference_yield: float | None = None,
     ) -> None:
         if reference_crop is not None and not reference_crop >= 1.0:
             raise ValueError(f"reference_crop must be None (the whole image) or an expansion ratio >= 1, got {reference_crop!r}")
         self.reference_crop = reference_crop
+        if reference_yield is not None and not 0 < reference_yield <= 1:
+            raise ValueError(f"reference_yield must be None (off) or a radius in (0, 1] of the image's long side, got {reference_yield!r}")
+        self.reference_yield = reference_yield
         if precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         if refine not in REFINEMENTS:
@@ -149,6 +159,7 @@ class RefCutPredictor:
         self._positive_prototype: torch.Tensor | None = None
         self._negative_prototype: torch.Tensor | None = None
         self._reference_contrast: float | None = None  # the reference boundary's colour contrast (adaptive steps)
+        self._yield_from: int | None = None  # the click count from which the reference yields (reference_yield)
         self._image: torch.Tensor | None = None
         self._image_features: torch.Tensor | None = None
         self._box: Box | None = None
@@ -242,6 +253,7 @@ class RefCutPredictor:
         self._positive_prototype = masked_average_pool(features, pos_t)[0] if positive is not None and positive.any() else None
         self._negative_prototype = masked_average_pool(features, neg_t)[0] if negative is not None and negative.any() else None
         self._reference_contrast = None
+        self._yield_from = None
         if positive is not None and self.refine in GUIDED_STEPS and "contrast_lo" in GUIDED_STEPS[self.refine]:
             self._reference_contrast = boundary_contrast(image[y0 : y1 + 1, x0 : x1 + 1], positive)
 
@@ -259,6 +271,7 @@ class RefCutPredictor:
         self._positive_prototype = None
         self._negative_prototype = None
         self._reference_contrast = None
+        self._yield_from = None
 
     @property
     def has_reference(self) -> bool:
@@ -277,6 +290,7 @@ class RefCutPredictor:
         self._last_refined = self._last_raw = None
         self._image_features = None
         self._box = None
+        self._yield_from = None
         if self.encode_once:
             self._image_key = _image_key(image)
             self._encode_views(self._image_key, self._image, full_box(*image.shape[:2]))
@@ -309,7 +323,7 @@ class RefCutPredictor:
         if mirrored:
             pixels = pixels.flip(-1)
         with self._autocast():
-            encoded = self.model.encode_view(self.model.encode(pixels))
+            encoded = self.model.encode_view(self.model.encode(pixels), pixels)
         with self._lock:
             self.encoder_calls += 1
             views = self._views.setdefault(key, {})
@@ -372,10 +386,32 @@ class RefCutPredictor:
         self._box = zoom_in_box(prev, points_yx[labels == 1], self._box, self.zoom_in)
         box = self._box or full_box(height, width)
 
-        size = self.input_size
         prev_t = torch.zeros(1, 1, height, width, device=self.device) if prev is None else torch.from_numpy(prev).to(self.device)[None, None]
-        if self.encode_once:
-            return self._finish(self._predict_encode_once(box, prev_t, points_yx, labels), coords, labels)
+        network = self._predict_encode_once if self.encode_once else self._predict_early_fusion
+        return self._finish(self._network_prob(lambda prompt: network(box, prev_t, points_yx, labels, prompt), points_yx, labels),
+                            coords, labels)
+
+    def _network_prob(self, network, points_yx: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """The network's HxW probability (``network(prompt)``), with the reference, or without it where it yields.
+
+        With ``reference_yield``, once the reference overrules the latest click and an earlier click of
+        the same label nearby (the annotator insisting on a region the reference draws the other way),
+        the clicks decide without the reference from that click on, until clicks are undone past it.
+        """
+        if self._yield_from is not None and len(labels) < self._yield_from:
+            self._yield_from = None  # clicks were undone past the point where the reference yielded
+        if self._prompt is None or self._yield_from is not None:
+            return network(None)
+        prob = network(self._prompt)
+        if self._clicks_insist(prob, points_yx, labels):
+            self._yield_from = len(labels)
+            prob = network(None)
+        return prob
+
+    def _predict_early_fusion(self, box: Box, prev_t: torch.Tensor, points_yx: np.ndarray, labels: np.ndarray, prompt) -> np.ndarray:
+        """The early-fusion network's HxW probability on the crop ``box`` (flip-averaged with ``flip``)."""
+        height, width = self.image_size
+        size = self.input_size
         net_image = crop_resize(self._image, box, size)
         net_prev = crop_resize(prev_t, box, size)
         net_points = points_to_network(points_yx, box, size)
@@ -385,11 +421,11 @@ class RefCutPredictor:
             net_prev = torch.cat([net_prev, net_prev.flip(-1)])
             points = torch.cat([points, _mirror_points(points, size)])
         with self._autocast():
-            logits = self.model(net_image, net_prev, points, self._prompt).float()
+            logits = self.model(net_image, net_prev, points, prompt).float()
         if self.flip:
             logits = 0.5 * (logits[:1] + logits[1:].flip(-1))
         prob = paste_back(torch.sigmoid(logits[0, 0]), box, height, width).clamp(0, 1)
-        return self._finish(prob.cpu().numpy().astype(np.float32), coords, labels)
+        return prob.cpu().numpy().astype(np.float32)
 
     def _finish(self, prob: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> PredictionResult:
         """Threshold the network's probability, after the boundary step when one is set."""
@@ -405,7 +441,7 @@ class RefCutPredictor:
             self._last_refined = prob
         return PredictionResult(mask=prob > self.threshold, prob=prob)
 
-    def _predict_encode_once(self, box: Box, prev_t: torch.Tensor, points_yx: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    def _predict_encode_once(self, box: Box, prev_t: torch.Tensor, points_yx: np.ndarray, labels: np.ndarray, prompt) -> np.ndarray:
         """The decoder's HxW probability on the (cached) view of ``box``; see :meth:`predict`."""
         height, width = self.image_size
         size = self.input_size
@@ -415,12 +451,27 @@ class RefCutPredictor:
         net_points = points_to_network(points_yx, box, size)
         points = torch.from_numpy(np.concatenate([net_points, labels[:, None]], axis=1)).float()[None].to(self.device)
         with self._autocast():
-            logits = self.model.decode(views[0], net_prev, points, self._prompt).float()
+            logits = self.model.decode(views[0], net_prev, points, prompt).float()
             if len(views) == 2:  # flip averaging: the mirrored view with mirrored clicks, mapped back
-                flipped = self.model.decode(views[1], net_prev.flip(-1), _mirror_points(points, size), self._prompt).float()
+                flipped = self.model.decode(views[1], net_prev.flip(-1), _mirror_points(points, size), prompt).float()
                 logits = 0.5 * (logits + flipped.flip(-1))
         prob = paste_back(torch.sigmoid(logits[0, 0]), box, height, width).clamp(0, 1)
         return prob.cpu().numpy().astype(np.float32)
+
+    def _clicks_insist(self, prob: np.ndarray, points_yx: np.ndarray, labels: np.ndarray) -> bool:
+        """Whether ``prob`` overrules the latest click and an earlier click of its label within ``reference_yield``
+        of the image's long side."""
+        if self.reference_yield is None or len(labels) < 2:
+            return False
+        y, x = np.round(points_yx[-1]).astype(int)
+        if (prob[y, x] > self.threshold) == bool(labels[-1]):
+            return False
+        radius = self.reference_yield * max(prob.shape)
+        earlier = np.round(points_yx[:-1]).astype(int)
+        same = labels[:-1] == labels[-1]
+        near = np.hypot(*(points_yx[:-1] - points_yx[-1]).T) <= radius
+        overruled = (prob[earlier[:, 0], earlier[:, 1]] > self.threshold) != labels[:-1].astype(bool)
+        return bool((same & near & overruled).any())
 
     @torch.inference_mode()
     def propose_point(self) -> tuple[int, int] | None:

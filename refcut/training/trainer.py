@@ -478,7 +478,7 @@ def training_step(
     if is_encode_once(model):  # the view's cached features stand in for the image
         inputs = ViewFeatures(batch["tokens"], batch["edges4"], batch["edges8"])
         with torch.no_grad(), autocast():  # the click-independent parts once per step
-            view = model.encode_view(inputs)
+            view = model.encode_view(inputs, batch.get("image"))
             extra["reference_maps"] = model.decoder.reference_maps(view.unit_features, detached)
         if metric is not None:  # trained but click-independent: once per step, with gradient for the final pass
             with autocast():
@@ -513,7 +513,8 @@ def training_step(
     if metric is not None:
         extra["metric_maps"] = metric_maps
     with autocast():
-        logits = wrapped(inputs, prev, points.to(device), prompt, **extra)
+        image = {"image": batch.get("image")} if is_encode_once(model) else {}  # the view's pixels (click_colour)
+        logits = wrapped(inputs, prev, points.to(device), prompt, **extra, **image)
     target = gt if logits.shape == gt.shape else F.adaptive_avg_pool2d(gt.float(), logits.shape[-2:])
     pixel_weight = None
     if config.far_click_weight > 0:

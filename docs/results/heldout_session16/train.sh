@@ -6,6 +6,7 @@
 #   bash docs/results/heldout_session16/train.sh v20    # two global self-attention blocks (session 17), 10x rate on them
 #   bash docs/results/heldout_session16/train.sh v21    # v20's decoder from scratch (no eo_v6 start), 6,000 steps at 2e-4
 #   STEPS=5000 bash docs/results/heldout_session16/train.sh v21   # session 20's shortened v21
+#   bash docs/results/heldout_session16/train.sh v22    # the clicked colours' CIELAB affinity as two more click maps (session 22), 5x rate on the layers reading them
 #   (session 18 started v21; resume a stopped run with: refcut train --resume /work/runs/eo_v21_s0 --no-progress)
 # eo_v6: mkdir -p /tmp/eo_v6 && git archive c1f3647 refcut/assets/models/default | tar -x -C /tmp/eo_v6
 set -e
@@ -19,7 +20,8 @@ case "$1" in
   v19b) extra=(--preset encode_once_vits14_ridge --set 'optim.lr_scales={"decoder.token_maps.0.": 10}') ;;
   v20) extra=(--preset encode_once_vits14_global --set 'optim.lr_scales={"decoder.global_blocks.": 10}') ;;
   v21) extra=(--preset encode_once_vits14_global); init=(); steps=6000; lr=2e-4 ;;
-  *) echo "usage: $0 v18|v19|v19b|v20|v21" >&2; exit 2 ;;
+  v22) extra=(--preset encode_once_vits14_colour --set 'optim.lr_scales={"decoder.token_maps.0.": 5, "decoder.edges_to_tokens.": 5, "decoder.up8.lateral.": 5, "decoder.up4.lateral.": 5}') ;;
+  *) echo "usage: $0 v18|v19|v19b|v20|v21|v22" >&2; exit 2 ;;
 esac
 steps=${STEPS:-$steps}  # e.g. STEPS=5000 to fit a session (the x0.1 lr step stays at 0.8 of it)
 D=../shared/data
