@@ -266,14 +266,11 @@ def colour_affinity(colour: torch.Tensor, points: torch.Tensor, sigma: float) ->
     x = points[..., 1].round().long().clamp(0, w - 1)
     clicked = torch.gather(colour.flatten(2), 2, (y * w + x)[:, None].expand(-1, 3, -1))  # B x 3 x N
     distance = (colour[:, None] - clicked.transpose(1, 2)[..., None, None]).pow(2).sum(2)  # B x N x h x w
-    similarity = torch.exp(-distance / (2 * sigma**2))
+    similarity = torch.exp(-distance / (2 * sigma**2))  # >= 0: a masked-out click contributes 0 to the max
+    if points.shape[1] == 0:
+        return colour.new_zeros(b, 2, h, w)
     label = points[..., 2]
-    out = []
-    for wanted in (1, 0):
-        keep = (label == wanted)[..., None, None]
-        out.append(torch.where(keep, similarity, torch.zeros_like(similarity)).amax(1) if points.shape[1]
-                   else colour.new_zeros(b, h, w))
-    return torch.stack(out, dim=1)
+    return torch.stack([(similarity * (label == wanted)[..., None, None]).amax(1) for wanted in (1, 0)], dim=1)
 
 
 def click_affinity(unit_features: torch.Tensor, points: torch.Tensor, view_size: int) -> torch.Tensor:

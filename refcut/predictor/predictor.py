@@ -463,15 +463,13 @@ class RefCutPredictor:
         of the image's long side."""
         if self.reference_yield is None or len(labels) < 2:
             return False
-        y, x = np.round(points_yx[-1]).astype(int)
-        if (prob[y, x] > self.threshold) == bool(labels[-1]):
+        rows, cols = np.round(points_yx).astype(int).T
+        overruled = (prob[rows, cols] > self.threshold) != labels.astype(bool)
+        if not overruled[-1]:
             return False
-        radius = self.reference_yield * max(prob.shape)
-        earlier = np.round(points_yx[:-1]).astype(int)
         same = labels[:-1] == labels[-1]
-        near = np.hypot(*(points_yx[:-1] - points_yx[-1]).T) <= radius
-        overruled = (prob[earlier[:, 0], earlier[:, 1]] > self.threshold) != labels[:-1].astype(bool)
-        return bool((same & near & overruled).any())
+        near = np.hypot(*(points_yx[:-1] - points_yx[-1]).T) <= self.reference_yield * max(prob.shape)
+        return bool((same & near & overruled[:-1]).any())
 
     @torch.inference_mode()
     def propose_point(self) -> tuple[int, int] | None:

@@ -11,9 +11,7 @@ import importlib
 import json
 import sys
 
-
-def noc(ious: list[float], target: float) -> int:
-    return next((k + 1 for k, v in enumerate(ious) if v >= target), 20)
+from refcut.evaluation.metrics import number_of_clicks as noc
 
 
 def summary(paths: list[str]) -> None:
